@@ -1,0 +1,3 @@
+from flocid.cli import main
+import sys
+sys.exit(main())

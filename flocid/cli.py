@@ -1,0 +1,151 @@
+"""``flocid``: the command line. ``flocid serve`` runs the daemon; ``flocid images`` builds runtime images."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from flocid.config import Settings
+
+SERVE_HELP = """\
+Run the flocid daemon: the AWS Lambda REST API on http://127.0.0.1:4566, functions in real Docker
+containers. Point the AWS CLI or an SDK at it:
+
+    aws --endpoint-url http://localhost:4566 lambda list-functions
+
+Every option can also be set by its FLOCI_* environment variable (shown in brackets); a flag beats
+the environment. SIGTERM or Ctrl-C stops the daemon cleanly.
+"""
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="run the daemon (the Lambda API on :4566)", description=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; the Docker bridge gateway "
+                   "is added when present) [FLOCI_HOST]")
+    p.add_argument("--port", type=int, help="port of the API (default 4566; 0 picks a free one) [FLOCI_PORT]")
+    p.add_argument("--data-dir", type=Path, help="where state and code live (default ./data) [FLOCI_DATA_DIR]")
+    p.add_argument("--code-path", type=Path,
+                   help="where function code is stored (default <data-dir>/code) [FLOCI_SERVICES_LAMBDA_CODE_PATH]")
+    p.add_argument("--region", dest="default_region",
+                   help="region when a request is not signed (default us-east-1) [FLOCI_DEFAULT_REGION]")
+    p.add_argument("--account", dest="default_account",
+                   help="account id of functions (default 000000000000) [FLOCI_DEFAULT_ACCOUNT_ID]")
+    p.add_argument("--executor", choices=["docker", "process", "none"],
+                   help="how functions run: docker containers (default), local processes, or not at all "
+                   "[FLOCI_SERVICES_LAMBDA_EXECUTOR]")
+    p.add_argument("--default-memory-mb", type=int,
+                   help="MemorySize when CreateFunction gives none (default 128) "
+                   "[FLOCI_SERVICES_LAMBDA_DEFAULT_MEMORY_MB]")
+    p.add_argument("--default-timeout-seconds", type=int,
+                   help="Timeout when CreateFunction gives none (default 3) "
+                   "[FLOCI_SERVICES_LAMBDA_DEFAULT_TIMEOUT_SECONDS]")
+    p.add_argument("--region-concurrency-limit", type=int,
+                   help="concurrent executions per region (default 1000) "
+                   "[FLOCI_SERVICES_LAMBDA_REGION_CONCURRENCY_LIMIT]")
+    p.add_argument("--unreserved-concurrency-min", type=int,
+                   help="unreserved executions that reservations must leave (default 100) "
+                   "[FLOCI_SERVICES_LAMBDA_UNRESERVED_CONCURRENCY_MIN]")
+    p.add_argument("--container-idle-timeout-seconds", type=int,
+                   help="stop a warm container idle this long (default 300) "
+                   "[FLOCI_SERVICES_LAMBDA_CONTAINER_IDLE_TIMEOUT_SECONDS]")
+    p.add_argument("--ephemeral", action="store_const", const=True,
+                   help="a fresh container for every invoke [FLOCI_SERVICES_LAMBDA_EPHEMERAL]")
+    p.add_argument("--ecr-base-uri",
+                   help="registry of the runtime images (default public.ecr.aws; flocid.local for the "
+                   "images `flocid images build` makes) [FLOCI_ECR_BASE_URI]")
+    p.add_argument("--runtime-api-base-port", type=int,
+                   help="first port of the per-container Runtime API servers (default 9200) "
+                   "[FLOCI_SERVICES_LAMBDA_RUNTIME_API_BASE_PORT]")
+    p.add_argument("--runtime-api-max-port", type=int,
+                   help="last port of that range (default 9299) [FLOCI_SERVICES_LAMBDA_RUNTIME_API_MAX_PORT]")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity (default info) [FLOCI_LOG_LEVEL]")
+    p.set_defaults(func=cmd_serve)
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    names = ("host", "port", "data_dir", "code_path", "default_region", "default_account", "executor",
+             "default_memory_mb", "default_timeout_seconds", "region_concurrency_limit",
+             "unreserved_concurrency_min", "container_idle_timeout_seconds", "ephemeral",
+             "ecr_base_uri", "runtime_api_base_port", "runtime_api_max_port", "log_level")
+    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings_from(args)
+    except (ValueError, TypeError) as exc:
+        print(f"flocid: bad setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    from flocid.daemon import StartupError, run_daemon
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            daemon = await nursery.start(run_daemon, settings)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for sig in signals:
+                    logging.getLogger("flocid").info("%s: stopping", signal.Signals(sig).name)
+                    daemon.stop()
+                    break
+
+    code = 0
+    try:
+        trio.run(main)
+    except* StartupError as group:
+        for leaf in _leaves(group):
+            print(f"flocid: {leaf}", file=sys.stderr)
+        code = 1
+    except* KeyboardInterrupt:
+        code = 130
+    return code
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flocid",
+        description="flocid: a local AWS Lambda service (the Lambda API on :4566, functions in Docker).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _serve_parser(sub)
+    try:
+        from flocid.images.cli import register
+    except ImportError:  # pragma: no cover - images module missing in a broken install
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The root nursery: everything flocid runs hangs off it, started in order, stopped in reverse.
+
+    run_daemon
+    └── root nursery
+        ├── executor (docker: a trio-asyncio loop hosting aiodocker, held open for the daemon's life)
+        ├── invoke service: warm environments (one child nursery each), Event workers, idle reaper
+        └── API server: hypercorn.trio + QuartTrio on 127.0.0.1:<port> (+ the Docker bridge gateway)
+
+Each service follows trio's start protocol, so a port that cannot bind or a data dir that cannot be
+written fails ``run_daemon`` before it reports ready. Cancelling the root scope (SIGTERM, Ctrl-C)
+stops the API first, then drains the environments (shielded, bounded teardown in the invoke layer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HyperConfig
+
+from flocid.api.app import create_app
+from flocid.config import Settings
+from flocid.control import ControlPlane
+from flocid.state.codestore import CodeStore
+from flocid.state.store import Store, StoreError
+
+log = logging.getLogger("flocid")
+
+
+class StartupError(Exception):
+    """flocid cannot start; the message is one line for the user."""
+
+
+@attrs.frozen
+class Daemon:
+    """What a started daemon hands back to its starter (tests, the CLI)."""
+
+    settings: Settings
+    binds: list[str]
+    control: ControlPlane
+    invoker: Any
+    cancel_scope: trio.CancelScope
+
+    @property
+    def url(self) -> str:
+        return self.binds[0]
+
+    def stop(self) -> None:
+        self.cancel_scope.cancel()
+
+
+def _check_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".flocid-write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"data dir {path} is not writable: {exc.strerror or exc}") from exc
+
+
+def docker_bridge_ip(ifname: str = "docker0") -> str | None:
+    """IPv4 address of the Docker bridge on this host, if there is one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", ifname.encode()[:15]))
+            return socket.inet_ntoa(packed[20:24])
+    except OSError:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def open_executor(settings: Settings) -> AsyncIterator[Any]:
+    """The executor the settings ask for, or None when invocation is disabled."""
+    kind = settings.executor
+    if kind == "none":
+        yield None
+    elif kind == "process":
+        from flocid.executors.process import ProcessExecutor
+
+        yield ProcessExecutor()
+    elif kind == "docker":
+        from flocid.executors.docker import open_docker_executor
+
+        async with open_docker_executor(settings) as ex:
+            yield ex
+    else:
+        raise StartupError(f"unknown executor {kind!r}: use docker, process or none")
+
+
+async def serve_api(app: Any, settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    config = HyperConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    if settings.listen_docker_bridge and settings.host in ("127.0.0.1", "localhost"):
+        bridge = docker_bridge_ip()
+        if bridge:
+            config.bind.append(f"{bridge}:{settings.port or 0}")
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75
+    config.graceful_timeout = 2
+    config.h11_max_incomplete_size = 64 * 1024
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        # The bridge address is a convenience; the loopback bind is what the user asked for.
+        if len(config.bind) > 1:
+            log.warning("cannot listen on the Docker bridge %s: %s", config.bind[1], exc)
+            config.bind = config.bind[:1]
+            try:
+                sockets = config.create_sockets()
+            except OSError as exc2:
+                raise StartupError(_bind_message(config.bind[0], exc2)) from exc2
+        else:
+            raise StartupError(_bind_message(config.bind[0], exc)) from exc
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
+
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+    await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets, task_status=task_status)
+
+
+def _bind_message(bind: str, exc: OSError) -> str:
+    if exc.errno == 98:
+        return f"cannot listen on {bind}: the port is already in use (pick another with --port)"
+    return f"cannot listen on {bind}: {exc.strerror or exc}"
+
+
+async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run flocid until cancelled. ``task_status.started`` gets a ``Daemon`` once it serves."""
+    _check_data_dir(settings.data_dir)
+    try:
+        store = await trio.to_thread.run_sync(Store, settings.data_dir / "state.db")
+        code = await trio.to_thread.run_sync(CodeStore, settings.code_dir)
+    except (StoreError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    control = ControlPlane(settings, store, code)
+    try:
+        with trio.CancelScope() as scope:
+            async with open_executor(settings) as executor, trio.open_nursery() as root:
+                invoker = None
+                if executor is not None:
+                    invoker = await _start_invoker(root, settings, executor, control)
+                app = create_app(control, invoker)
+                binds = await root.start(serve_api, app, settings)
+                log.info("flocid serving the Lambda API on %s (data dir %s)", ", ".join(binds),
+                         settings.data_dir)
+                _sd_notify(b"READY=1")
+                task_status.started(Daemon(settings, binds, control, invoker, scope))
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
+
+
+async def _start_invoker(root: trio.Nursery, settings: Settings, executor: Any, control: ControlPlane) -> Any:
+    from flocid.executors.base import ExecutorUnavailable
+    from flocid.invoke.service import InvokeService
+
+    try:
+        await executor.check()
+    except ExecutorUnavailable as exc:
+        log.warning("%s; invocations will fail until it is reachable", exc)
+    invoker = InvokeService(
+        settings, executor, code_dir_for=control.code.path,
+        reserved_for=control.reserved_for, reserved_total=control.reserved_total,
+    )
+    await root.start(invoker.serve)
+    control.on_change.append(invoker.drain)
+    return invoker
+
+
+def _sd_notify(message: bytes) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message)
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
