@@ -224,8 +224,10 @@ class ControlPlane:
 
     # ---- lookups -----------------------------------------------------------------------------
 
-    def ref(self, ctx: Ctx, name: str, qualifier: str | None = None) -> FunctionRef:
-        return parse_function_name(name, region=ctx.region, account=ctx.account, qualifier=qualifier)
+    def ref(self, ctx: Ctx, name: str, qualifier: str | None = None, *, invoke: bool = False) -> FunctionRef:
+        return parse_function_name(
+            name, region=ctx.region, account=ctx.account, qualifier=qualifier, namespaced=invoke
+        )
 
     def state(self, ref: FunctionRef, *, message: str | None = None) -> FunctionState:
         st = self.functions.get((ref.region, ref.account, ref.name))
@@ -916,8 +918,8 @@ class ControlPlane:
             )
         async with self._lock:
             st = self._tag_target(ctx, arn)
+            v.validate_tags(body["Tags"], existing=st.tags, tag_resource=True)
             merged = {**st.tags, **body["Tags"]}
-            v.validate_tags(merged)
             await self._commit([Put("tags", st.key, merged)])
             st.tags = merged
 

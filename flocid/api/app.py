@@ -329,7 +329,7 @@ def create_app(control: ControlPlane, invoker: Invoker | None = None) -> QuartTr
                 f"1 validation error detected: Value '{log_type}' at 'logType' failed to satisfy "
                 "constraint: Member must satisfy enum value set: [None, Tail]"
             )
-        ref = control.ref(c, name, request.args.get("Qualifier"))
+        ref = control.ref(c, name, request.args.get("Qualifier"), invoke=True)
         _st, fn, alias = control.resolve(ref, latest_suffix=True)
         if alias is not None and alias.routing:
             # Weighted routing: the additional version gets its weight, the primary the rest.
