@@ -145,6 +145,10 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
     except (StoreError, OSError) as exc:
         raise StartupError(str(exc)) from exc
     control = ControlPlane(settings, store, code)
+    # Nothing writes code yet: a safe moment to drop zips no version refers to any more.
+    removed = await trio.to_thread.run_sync(code.collect, control.referenced_code())
+    if removed:
+        log.info("removed %d unreferenced code package(s)", removed)
     try:
         with trio.CancelScope() as scope:
             async with open_executor(settings) as executor, trio.open_nursery() as root:

@@ -186,3 +186,17 @@ def test_serve_help_explains_options() -> None:
     for needle in ("--port", "--data-dir", "FLOCI_SERVICES_LAMBDA_DEFAULT_MEMORY_MB",
                    "FLOCI_SERVICES_LAMBDA_REGION_CONCURRENCY_LIMIT", "SIGTERM"):
         assert needle in out.stdout
+
+
+def test_unreferenced_code_is_collected_at_restart(server: Server) -> None:
+    from tests.conftest import make_zip
+
+    lam = server.lam
+    create(lam, "gc")
+    lam.update_function_code(FunctionName="gc", ZipFile=make_zip({"index.py": "def handler(e, c): return 2\n"}))
+    zips = server.data_dir / "code" / "zips"
+    assert len(list(zips.iterdir())) == 2
+    server.term()
+    server.start()
+    assert len(list(zips.iterdir())) == 1
+    assert server.lam.get_function(FunctionName="gc")["Configuration"]["CodeSize"] > 0
