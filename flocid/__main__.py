@@ -1,3 +1,5 @@
-from flocid.cli import main
 import sys
+
+from flocid.cli import main
+
 sys.exit(main())

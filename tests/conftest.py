@@ -78,8 +78,16 @@ class _Async:
     def __getattr__(self, op: str) -> Callable[..., Any]:
         method = getattr(self.raw, op)
 
+        def run(kwargs: dict[str, Any]) -> Any:
+            out = method(**kwargs)
+            # Read streaming bodies here, in the worker thread: reading them on the trio thread would
+            # block the very event loop that is sending them.
+            if isinstance(out, dict) and hasattr(out.get("Payload"), "read"):
+                out["Payload"] = io.BytesIO(out["Payload"].read())
+            return out
+
         async def call(**kwargs: Any) -> Any:
-            return await trio.to_thread.run_sync(lambda: method(**kwargs))
+            return await trio.to_thread.run_sync(run, kwargs)
 
         return call
 

@@ -1,0 +1,288 @@
+"""Invoke through the HTTP API on real Docker, with the locally built runtime images and the real
+runtime clients inside (awslambdaric for Python, aws-lambda-ric for Node.js, a shell bootstrap).
+
+Needs dockerd and the ``flocid.local`` images (``scripts/test`` provides both). Without them the
+tests skip and say why; under ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from botocore.exceptions import ClientError
+
+from flocid.daemon import Daemon, run_daemon
+from tests.conftest import ROLE, Aws, make_zip, settings_for
+
+pytestmark = pytest.mark.docker
+IN_CI = os.environ.get("CI", "").lower() == "true"
+IMAGES = ("flocid.local/lambda/python:3.13", "flocid.local/lambda/nodejs:20",
+          "flocid.local/lambda/provided:al2023")
+
+
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+
+
+def _require_docker() -> None:
+    reason = None
+    if shutil.which("docker") is None:
+        reason = "the docker CLI is not installed"
+    elif _docker("info").returncode != 0:
+        reason = "dockerd is not reachable (run scripts/ensure-docker)"
+    else:
+        missing = [i for i in IMAGES if _docker("image", "inspect", i).returncode != 0]
+        if missing:
+            reason = f"runtime images missing: {', '.join(missing)} (run `flocid images build`)"
+    if reason:
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(f"integration tier skipped: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _docker_ready() -> None:
+    _require_docker()
+
+
+@pytest.fixture
+async def ddaemon(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
+    d: Daemon = await nursery.start(run_daemon, settings_for(
+        tmp_path, executor="docker", ecr_base_uri="flocid.local", listen_docker_bridge=True,
+    ))
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def daws(ddaemon: Daemon) -> Aws:
+    return Aws(ddaemon.url)
+
+
+PY_APP = """
+import os, time, json
+COUNT = 0
+def handler(event, context):
+    global COUNT
+    COUNT += 1
+    action = (event or {}).get("action")
+    if action == "raise":
+        raise ValueError("boom")
+    if action == "sleep":
+        time.sleep(event["seconds"])
+    if action == "exit":
+        os._exit(3)
+    if action == "big":
+        return "x" * event["n"]
+    print("hello from the handler")
+    return {"count": COUNT, "version": os.environ["AWS_LAMBDA_FUNCTION_VERSION"],
+            "memory": os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "region": os.environ["AWS_REGION"],
+            "mine": os.environ.get("MINE"), "tag": TAG, "remaining": context.get_remaining_time_in_millis()}
+TAG = "v1"
+"""
+
+
+def py_zip(tag: str = "v1", extra: str = "") -> bytes:
+    return make_zip({"index.py": PY_APP.replace('TAG = "v1"', f'TAG = "{tag}"') + extra})
+
+
+async def create(aws: Aws, name: str, code: bytes | None = None, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(FunctionName=name, Runtime="python3.13", Role=ROLE, Handler="index.handler",
+                                Code={"ZipFile": code or py_zip()}, Timeout=10)
+    args.update(kw)
+    out: dict[str, Any] = await aws.lambda_.create_function(**args)
+    return out
+
+
+async def invoke(aws: Aws, name: str, payload: Any = None, **kw: Any) -> tuple[dict[str, Any], Any]:
+    out = await aws.lambda_.invoke(FunctionName=name, Payload=json.dumps(payload).encode(), **kw)
+    raw = out["Payload"].read()
+    return out, json.loads(raw) if raw else None
+
+
+async def test_python_success_env_and_warm_reuse(daws: Aws) -> None:
+    await create(daws, "py", Environment={"Variables": {"MINE": "yes"}}, MemorySize=256)
+    out, body = await invoke(daws, "py", {"a": 1})
+    assert out["StatusCode"] == 200 and "FunctionError" not in out
+    assert out["ExecutedVersion"] == "$LATEST"
+    assert out["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
+    assert body["count"] == 1 and body["version"] == "$LATEST" and body["memory"] == "256"
+    assert body["region"] == "us-east-1" and body["mine"] == "yes"
+    assert 0 < body["remaining"] <= 10000
+    _, body2 = await invoke(daws, "py", {})
+    assert body2["count"] == 2, "the second invoke should reuse the warm container"
+
+
+async def test_nodejs_and_provided_runtimes(daws: Aws) -> None:
+    node = make_zip({"index.mjs": "let n = 0;\nexport const handler = async (event) => "
+                     "({ n: ++n, got: event, runtime: process.env.AWS_EXECUTION_ENV });\n"})
+    await create(daws, "node", node, Runtime="nodejs20.x")
+    _, body = await invoke(daws, "node", {"x": 1})
+    assert body["n"] == 1 and body["got"] == {"x": 1}
+    _, body = await invoke(daws, "node", {"x": 2})
+    assert body["n"] == 2
+
+    bootstrap = """#!/bin/sh
+set -eu
+while true; do
+  HEADERS=$(mktemp)
+  EVENT=$(curl -sS -LD "$HEADERS" "http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation/next")
+  ID=$(grep -i Lambda-Runtime-Aws-Request-Id "$HEADERS" | tr -d '[:space:]' | cut -d: -f2)
+  curl -sS -X POST "http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation/$ID/response" \
+       -d "{\\"echo\\": $EVENT, \\"handler\\": \\"$_HANDLER\\"}" > /dev/null
+done
+"""
+    await create(daws, "prov", make_zip({"bootstrap": bootstrap}), Runtime="provided.al2023",
+                 Handler="my.handler")
+    _, body = await invoke(daws, "prov", {"y": 2})
+    assert body == {"echo": {"y": 2}, "handler": "my.handler"}
+
+
+async def test_handler_error_init_error_and_crash(daws: Aws) -> None:
+    await create(daws, "err")
+    out, body = await invoke(daws, "err", {"action": "raise"})
+    assert out["StatusCode"] == 200 and out["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "ValueError" and body["errorMessage"] == "boom"
+    assert isinstance(body["stackTrace"], list)
+
+    await create(daws, "initerr", make_zip({"index.py": "raise RuntimeError('at import')\n"}))
+    out, body = await invoke(daws, "initerr", {})
+    assert out["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "RuntimeError" and "at import" in body["errorMessage"]
+
+    t0 = time.monotonic()
+    out, body = await invoke(daws, "err", {"action": "exit"})
+    assert time.monotonic() - t0 < 5, "a crash must surface at once, not after the timeout"
+    assert out["FunctionError"] == "Unhandled" and body["errorType"] == "Runtime.ExitError"
+    assert body["errorMessage"].startswith("RequestId: ")
+    _, ok = await invoke(daws, "err", {})
+    assert ok["count"] == 1, "a fresh environment after the crash"
+
+
+async def test_timeout_then_next_invoke_works(daws: Aws) -> None:
+    await create(daws, "slow", Timeout=1)
+    out, body = await invoke(daws, "slow", {"action": "sleep", "seconds": 5})
+    assert out["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Sandbox.Timedout"
+    assert body["errorMessage"].endswith("Error: Task timed out after 1.00 seconds")
+    out, body = await invoke(daws, "slow", {})
+    assert out["StatusCode"] == 200 and "FunctionError" not in out and body["count"] == 1
+
+
+async def test_tail_log(daws: Aws) -> None:
+    await create(daws, "logs")
+    out, _ = await invoke(daws, "logs", {}, LogType="Tail")
+    log = base64.b64decode(out["LogResult"]).decode()
+    assert "START RequestId: " in log and "Version: $LATEST" in log
+    assert "hello from the handler" in log
+    assert "END RequestId: " in log
+    report = next(line for line in log.splitlines() if line.startswith("REPORT"))
+    for field in ("Duration:", "Billed Duration:", "Memory Size: 128 MB", "Max Memory Used:", "Init Duration:"):
+        assert field in report, report
+    out, _ = await invoke(daws, "logs", {}, LogType="Tail")
+    warm = base64.b64decode(out["LogResult"]).decode()
+    assert "Init Duration" not in warm
+
+
+async def test_drain_on_update_and_qualified_invokes(daws: Aws) -> None:
+    await create(daws, "ver", py_zip("v1"), Publish=True)
+    _, body = await invoke(daws, "ver", {})
+    assert body["tag"] == "v1"
+    await daws.lambda_.update_function_code(FunctionName="ver", ZipFile=py_zip("v2"))
+    _, body = await invoke(daws, "ver", {})
+    assert body["tag"] == "v2" and body["count"] == 1, "update must drain the warm $LATEST container"
+    out, body = await invoke(daws, "ver:1", {})
+    assert body["tag"] == "v1" and body["version"] == "1" and out["ExecutedVersion"] == "1"
+    out, body = await invoke(daws, "ver", {}, Qualifier="1")
+    assert body["tag"] == "v1"
+    v2 = await daws.lambda_.publish_version(FunctionName="ver")
+    await daws.lambda_.create_alias(FunctionName="ver", Name="live", FunctionVersion="1",
+                                    RoutingConfig={"AdditionalVersionWeights": {v2["Version"]: 1.0}})
+    out, body = await invoke(daws, "ver:live", {})
+    assert out["ExecutedVersion"] == "2" and body["tag"] == "v2"
+    await daws.lambda_.update_alias(FunctionName="ver", Name="live",
+                                    RoutingConfig={"AdditionalVersionWeights": {"2": 0.5}})
+    seen = set()
+    for _ in range(30):
+        out, _b = await invoke(daws, "ver", {}, Qualifier="live")
+        seen.add(out["ExecutedVersion"])
+    assert seen == {"1", "2"}
+
+
+async def test_reserved_concurrency_429(daws: Aws) -> None:
+    await create(daws, "busy")
+    await daws.lambda_.put_function_concurrency(FunctionName="busy", ReservedConcurrentExecutions=1)
+    await invoke(daws, "busy", {})  # warm it
+    results: list[Any] = []
+
+    async def one() -> None:
+        try:
+            out, _ = await invoke(daws, "busy", {"action": "sleep", "seconds": 1.5})
+            results.append(out["StatusCode"])
+        except ClientError as err:
+            results.append(err.response)
+
+    async with trio.open_nursery() as n:
+        for _ in range(3):
+            n.start_soon(one)
+    assert results.count(200) == 1, results
+    throttled = [r for r in results if isinstance(r, dict)]
+    assert len(throttled) == 2
+    for r in throttled:
+        assert r["ResponseMetadata"]["HTTPStatusCode"] == 429
+        assert r["Error"]["Code"] == "TooManyRequestsException" and r["Error"]["Message"] == "Rate Exceeded."
+        assert r["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+        assert r["ResponseMetadata"]["HTTPHeaders"]["retry-after"]
+    await daws.lambda_.put_function_concurrency(FunctionName="busy", ReservedConcurrentExecutions=0)
+    with pytest.raises(ClientError) as info:
+        await invoke(daws, "busy", {})
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+
+
+async def test_payload_limits_event_and_dry_run(daws: Aws) -> None:
+    await create(daws, "lim")
+    with pytest.raises(ClientError) as info:
+        await daws.lambda_.invoke(FunctionName="lim", Payload=b'"' + b"x" * 6291456 + b'"')
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    with pytest.raises(ClientError) as info:
+        await daws.lambda_.invoke(FunctionName="lim", InvocationType="Event", Payload=b'"' + b"x" * 1048576 + b'"')
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    out, body = await invoke(daws, "lim", {"action": "big", "n": 6291556})
+    assert out["FunctionError"] == "Unhandled" and body["errorType"] == "Function.ResponseSizeTooLarge"
+    out, body = await invoke(daws, "lim", {"action": "big", "n": 1000})
+    assert out["StatusCode"] == 200 and body == "x" * 1000, "the environment stays usable"
+    out = await daws.lambda_.invoke(FunctionName="lim", InvocationType="Event", Payload=b"{}")
+    assert out["StatusCode"] == 202 and out["Payload"].read() == b""
+    out = await daws.lambda_.invoke(FunctionName="lim", InvocationType="DryRun", Payload=b"{}")
+    assert out["StatusCode"] == 204
+
+
+async def test_image_function(daws: Aws, tmp_path: Path) -> None:
+    ctx = tmp_path / "img"
+    ctx.mkdir()
+    (ctx / "app.py").write_text("def main(event, context):\n    return {'image': True, 'cwd': __import__('os').getcwd()}\n")
+    (ctx / "Dockerfile").write_text(
+        "FROM flocid.local/lambda/python:3.13\nCOPY app.py /opt/app/app.py\nCMD [\"app.nope\"]\n")
+    tag = "flocid-test/image-fn:1"
+    built = _docker("build", "-q", "-t", tag, str(ctx))
+    assert built.returncode == 0, built.stderr
+    try:
+        await daws.lambda_.create_function(
+            FunctionName="imgfn", Role=ROLE, PackageType="Image", Code={"ImageUri": tag},
+            ImageConfig={"Command": ["app.main"], "WorkingDirectory": "/opt/app"},
+        )
+        out, body = await invoke(daws, "imgfn", {})
+        assert out["StatusCode"] == 200 and body == {"image": True, "cwd": "/opt/app"}, body
+    finally:
+        await daws.lambda_.delete_function(FunctionName="imgfn")
+        _docker("rmi", "-f", tag)
