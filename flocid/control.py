@@ -14,9 +14,10 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -37,6 +38,13 @@ from flocid.state.codestore import CodeStore, StoredCode
 from flocid.state.store import Delete, Op, Put, Store
 
 Body = dict[str, Any]
+log = logging.getLogger("flocid.control")
+
+
+class ImageSource(Protocol):
+    async def has_image(self, image: str) -> bool: ...
+
+    async def ensure_image(self, image: str) -> None: ...
 
 REVISION_MISMATCH = (
     "The Revision Id provided does not match the latest Revision Id. "
@@ -166,7 +174,17 @@ class ControlPlane:
         #: Called with (region, account, name, version or None for all) when code/config of a
         #: function changes or it is deleted; the invoke layer drains its warm environments.
         self.on_change: list[Callable[[str, str, str, str | None], None]] = []
+        #: Set by the daemon: tells whether an image is present and fetches it (the executor).
+        self.image_source: ImageSource | None = None
+        #: Set by the daemon: where background work of the control plane runs (image fetches).
+        self.background: trio.Nursery | None = None
         self._load()
+
+    def pending_images(self) -> list[tuple[str, str, str, str]]:
+        """Functions left Pending on their image by an earlier run: (region, account, name, image)."""
+        return [(st.latest.region, st.latest.account, st.latest.name, st.latest.image_uri)
+                for st in self.functions.values()
+                if st.latest.state == "Pending" and st.latest.image_uri]
 
     # ---- loading -----------------------------------------------------------------------------
 
@@ -466,10 +484,9 @@ class ControlPlane:
         changes |= await self._code_from(body["Code"], package_type)
         changes.setdefault("timeout", self.settings.default_timeout_seconds)
         changes.setdefault("memory_size", self.settings.default_memory_mb)
-        state = "Active"
-        reason = reason_code = None
-        if package_type == "Image" and not self.image_present(changes["image_uri"]):
-            state, reason, reason_code = "Pending", "The function is being created.", "Creating"
+        state, reason, reason_code = "Active", None, None
+        if package_type == "Image":
+            state, reason, reason_code = await self._image_state(changes["image_uri"])
         fn = FunctionConfig(
             name=ref.name, region=ref.region, account=ref.account, version=LATEST,
             package_type=package_type, revision_id=_new_revision(), state=state,
@@ -491,23 +508,48 @@ class ControlPlane:
             ops.append(Put("function_meta", key, st.meta()))
             await self._commit(ops)
             self.functions[key] = st
+        if fn.state == "Pending" and fn.image_uri:
+            self.settle_image(fn.region, fn.account, fn.name, fn.image_uri)
         out = self.render_config(published or fn)
         if published is not None:
             # AWS: Version "1" but the unqualified FunctionArn (peers.md 1.10 item 12).
             out["FunctionArn"] = fn.arn
         return out
 
-    def image_present(self, image_uri: str) -> bool:
-        """Overridden by the daemon once an executor can answer; an unknown image is Pending."""
-        return self._image_check(image_uri) if self._image_check else True
+    async def _image_state(self, image_uri: str) -> tuple[str, str | None, str | None]:
+        """Active when the image is here (or no executor can tell); Pending while it is fetched."""
+        source = self.image_source
+        if source is None or self.background is None:
+            return "Active", None, None
+        try:
+            if await source.has_image(image_uri):
+                return "Active", None, None
+        except Exception as exc:  # noqa: BLE001 - Docker down: the background attempt reports it
+            log.debug("image check for %s failed: %s", image_uri, exc)
+        return "Pending", "The function is being created.", "Creating"
 
-    _image_check: Callable[[str], bool] | None = None
+    def settle_image(self, region: str, account: str, name: str, image_uri: str) -> None:
+        """Fetch a Pending function's image in the background, then mark it Active or Failed."""
+        if self.background is not None:
+            self.background.start_soon(self._settle_image, region, account, name, image_uri)
+
+    async def _settle_image(self, region: str, account: str, name: str, image_uri: str) -> None:
+        assert self.image_source is not None
+        try:
+            await self.image_source.ensure_image(image_uri)
+        except Exception as exc:  # noqa: BLE001 - any failure is the function's StateReason
+            log.warning("image %s for function %s: %s", image_uri, name, exc)
+            await self.set_function_state(region, account, name, "Failed", str(exc)[:1000], "ImageAccessDenied",
+                                          only_image=image_uri)
+        else:
+            await self.set_function_state(region, account, name, "Active", only_image=image_uri)
 
     async def set_function_state(self, region: str, account: str, name: str, state: str,
-                                 reason: str | None = None, reason_code: str | None = None) -> None:
+                                 reason: str | None = None, reason_code: str | None = None,
+                                 *, only_image: str | None = None) -> None:
         async with self._lock:
             st = self.functions.get((region, account, name))
-            if st is None:
+            if st is None or (only_image is not None and st.latest.image_uri != only_image):
                 return
             fn = attrs.evolve(st.latest, state=state, state_reason=reason, state_reason_code=reason_code)
             await self._commit([Put("functions", _fn_key(fn), fn.to_json())])
@@ -577,6 +619,9 @@ class ControlPlane:
         changes = await self._code_from(body, st.latest.package_type)
         if "Architectures" in body:
             changes["architectures"] = tuple(body["Architectures"])
+        if changes.get("image_uri"):
+            state, reason, code = await self._image_state(changes["image_uri"])
+            changes |= {"state": state, "state_reason": reason, "state_reason_code": code}
         async with self._lock:
             st = self.state(ref)
             fn = st.latest
@@ -598,6 +643,8 @@ class ControlPlane:
             st.latest = new
             st.versions = tmp.versions
             st.next_version = tmp.next_version
+        if new.state == "Pending" and new.image_uri:
+            self.settle_image(new.region, new.account, new.name, new.image_uri)
         self._changed(new, LATEST)
         return self.render_config(published or new)
 

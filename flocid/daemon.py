@@ -180,6 +180,11 @@ async def _start_invoker(root: trio.Nursery, settings: Settings, executor: Any, 
     )
     await root.start(invoker.serve)
     control.on_change.append(invoker.drain)
+    if hasattr(executor, "ensure_image") and hasattr(executor, "has_image"):
+        control.image_source = executor
+        control.background = root
+        for region, account, name, image in control.pending_images():
+            control.settle_image(region, account, name, image)
     return invoker
 
 

@@ -792,10 +792,24 @@ class DockerExecutor:
                 if attempt == 1 and _is_status(exc, 404) and "image" in _reason(exc).lower():
                     await self.ensure_image(image)
                     continue
+                if _is_unreachable(exc):
+                    raise ExecutorUnavailable(self._unreachable(_reason(exc))) from exc
                 raise ExecutorError(
                     f"Could not create container {name} from {image}: {_reason(exc)}"
                 ) from exc
         raise AssertionError("unreachable")
+
+    async def has_image(self, image: str) -> bool:
+        """Whether ``image`` is present locally (no pull)."""
+        try:
+            await self._bridge.call(self._docker._query_json, f"images/{image}/json")
+        except _DOCKER_ERRORS as exc:
+            if _is_status(exc, 404):
+                return False
+            if _is_unreachable(exc):
+                raise ExecutorUnavailable(self._unreachable(_reason(exc))) from exc
+            raise ExecutorError(f"Could not inspect image {image}: {_reason(exc)}") from exc
+        return True
 
     async def ensure_image(self, image: str) -> None:
         """Make ``image`` present locally, pulling it (with progress lines) if it is absent."""
@@ -805,6 +819,8 @@ class DockerExecutor:
                 await self._bridge.call(self._docker._query_json, f"images/{image}/json")
                 return
             except _DOCKER_ERRORS as exc:
+                if _is_unreachable(exc):
+                    raise ExecutorUnavailable(self._unreachable(_reason(exc))) from exc
                 if not _is_status(exc, 404):
                     raise ExecutorError(f"Could not inspect image {image}: {_reason(exc)}") from exc
             await self._pull(image)
@@ -936,6 +952,13 @@ async def _aclosing(agen: Any) -> AsyncIterator[Any]:
         yield agen
     finally:
         await agen.aclose()
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """The Docker daemon could not be reached at all (as opposed to answering with an error)."""
+    if isinstance(exc, aiodocker.DockerError):
+        return exc.status == 900
+    return isinstance(exc, aiohttp.ClientConnectionError | ConnectionError | FileNotFoundError)
 
 
 def _is_status(exc: BaseException, *statuses: int) -> bool:

@@ -161,6 +161,10 @@ class InvokeService:
         """Run the data plane until cancelled; on cancel every environment is stopped (shielded)."""
         try:
             reaped = await self._executor.reap_orphans()
+        except ExecutorUnavailable as exc:
+            # The daemon has already said, in one line, that the backend is unreachable.
+            log.debug("could not look for orphaned environments: %s", exc)
+            reaped = 0
         except ExecutorError as exc:
             # The backend may come later (Docker started after flocid): invokes report it then.
             log.warning("could not look for orphaned environments: %s", exc)

@@ -286,3 +286,25 @@ async def test_image_function(daws: Aws, tmp_path: Path) -> None:
     finally:
         await daws.lambda_.delete_function(FunctionName="imgfn")
         _docker("rmi", "-f", tag)
+
+
+async def test_image_function_without_its_image_is_pending_then_failed(daws: Aws) -> None:
+    out = await daws.lambda_.create_function(
+        FunctionName="noimg", Role=ROLE, PackageType="Image",
+        Code={"ImageUri": "flocid.local/lambda/absent-for-tests:1"},
+    )
+    assert out["State"] == "Pending" and out["StateReasonCode"] == "Creating"
+    with trio.fail_after(60):
+        while True:
+            cfg = await daws.lambda_.get_function_configuration(FunctionName="noimg")
+            if cfg["State"] != "Pending":
+                break
+            await trio.sleep(0.1)
+    assert cfg["State"] == "Failed"
+    assert "flocid images build" in cfg["StateReason"]
+    with pytest.raises(ClientError) as info:
+        await invoke(daws, "noimg", {})
+    err = info.value.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 409
+    assert err["Error"]["Message"] == ("The operation cannot be performed at this time. The function is "
+                                       "currently in the following state: Failed")
