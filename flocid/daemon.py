@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.config import Sockets
 
 from flocid.api.app import create_app
 from flocid.config import Settings
@@ -97,37 +98,48 @@ async def open_executor(settings: Settings) -> AsyncIterator[Any]:
         raise StartupError(f"unknown executor {kind!r}: use docker, process or none")
 
 
-async def serve_api(app: Any, settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+def _hyper_config(binds: list[str]) -> HyperConfig:
     config = HyperConfig()
-    config.bind = [f"{settings.host}:{settings.port}"]
-    if settings.listen_docker_bridge and settings.host in ("127.0.0.1", "localhost"):
-        bridge = docker_bridge_ip()
-        if bridge:
-            config.bind.append(f"{bridge}:{settings.port or 0}")
+    config.bind = binds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75
     config.graceful_timeout = 2
     config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+def open_api_sockets(settings: Settings) -> tuple[Sockets, int]:
+    """Bind the API: the configured address, plus the Docker bridge gateway on the same port
+    (so containers reach flocid) when listening on loopback. Returns the sockets and the port."""
+    config = _hyper_config([f"{settings.host}:{settings.port}"])
     try:
         sockets = config.create_sockets()
     except OSError as exc:
-        # The bridge address is a convenience; the loopback bind is what the user asked for.
-        if len(config.bind) > 1:
-            log.warning("cannot listen on the Docker bridge %s: %s", config.bind[1], exc)
-            config.bind = config.bind[:1]
+        raise StartupError(_bind_message(config.bind[0], exc)) from exc
+    port = int(sockets.insecure_sockets[0].getsockname()[1])
+    if settings.listen_docker_bridge and settings.host in ("127.0.0.1", "localhost"):
+        bridge = docker_bridge_ip()
+        if bridge:
             try:
-                sockets = config.create_sockets()
-            except OSError as exc2:
-                raise StartupError(_bind_message(config.bind[0], exc2)) from exc2
-        else:
-            raise StartupError(_bind_message(config.bind[0], exc)) from exc
+                extra = _hyper_config([f"{bridge}:{port}"]).create_sockets()
+            except OSError as exc:
+                log.warning("cannot listen on the Docker bridge %s:%d: %s", bridge, port, exc)
+            else:
+                sockets.insecure_sockets.extend(extra.insecure_sockets)
+    return sockets, port
+
+
+async def serve_api(app: Any, sockets: Sockets, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` on already-bound sockets until cancelled (hypercorn on trio)."""
     from hypercorn.trio.run import worker_serve
     from hypercorn.utils import wrap_app
 
+    config = _hyper_config([])
     for sock in sockets.insecure_sockets:
         sock.listen(config.backlog)
-    await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets, task_status=task_status)
+    await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets,
+                       task_status=task_status)
 
 
 def _bind_message(bind: str, exc: OSError) -> str:
@@ -139,6 +151,9 @@ def _bind_message(bind: str, exc: OSError) -> str:
 async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
     """Run flocid until cancelled. ``task_status.started`` gets a ``Daemon`` once it serves."""
     _check_data_dir(settings.data_dir)
+    # Bind first: a taken port fails here, and the rest is built knowing the real port (port 0).
+    sockets, port = open_api_sockets(settings)
+    settings = attrs.evolve(settings, port=port)
     try:
         store = await trio.to_thread.run_sync(Store, settings.data_dir / "state.db")
         code = await trio.to_thread.run_sync(CodeStore, settings.code_dir)
@@ -156,7 +171,7 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                 if executor is not None:
                     invoker = await _start_invoker(root, settings, executor, control)
                 app = create_app(control, invoker)
-                binds = await root.start(serve_api, app, settings)
+                binds = await root.start(serve_api, app, sockets)
                 log.info("flocid serving the Lambda API on %s (data dir %s)", ", ".join(binds),
                          settings.data_dir)
                 _sd_notify(b"READY=1")

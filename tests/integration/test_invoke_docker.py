@@ -308,3 +308,19 @@ async def test_image_function_without_its_image_is_pending_then_failed(daws: Aws
     assert err["ResponseMetadata"]["HTTPStatusCode"] == 409
     assert err["Error"]["Message"] == ("The operation cannot be performed at this time. The function is "
                                        "currently in the following state: Failed")
+
+
+async def test_function_reaches_flocid_through_aws_endpoint_url(daws: Aws) -> None:
+    code = make_zip({"index.py": (
+        "import os, json, urllib.request\n"
+        "def handler(event, context):\n"
+        "    url = os.environ['AWS_ENDPOINT_URL'] + '/2015-03-31/functions/'\n"
+        "    with urllib.request.urlopen(url, timeout=5) as r:\n"
+        "        names = [f['FunctionName'] for f in json.load(r)['Functions']]\n"
+        "    return {'endpoint': os.environ['AWS_ENDPOINT_URL'], 'names': names}\n"
+    )})
+    await create(daws, "caller", code)
+    out, body = await invoke(daws, "caller", {})
+    assert "FunctionError" not in out, body
+    assert body["names"] == ["caller"]
+    assert body["endpoint"].endswith(":" + daws.endpoint.rsplit(":", 1)[1])
