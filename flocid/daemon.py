@@ -31,6 +31,7 @@ from hypercorn.config import Sockets
 from flocid.api.app import create_app
 from flocid.config import Settings
 from flocid.control import ControlPlane
+from flocid.gateway import Gateway
 from flocid.state.codestore import CodeStore
 from flocid.state.store import Store, StoreError
 
@@ -170,7 +171,7 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                 invoker = None
                 if executor is not None:
                     invoker = await _start_invoker(root, settings, executor, control)
-                app = create_app(control, invoker)
+                app = Gateway(create_app(control, invoker))
                 binds = await root.start(serve_api, app, sockets)
                 log.info("flocid serving the Lambda API on %s (data dir %s)", ", ".join(binds),
                          settings.data_dir)
