@@ -132,8 +132,28 @@ _URL_FIELDS: dict[str, type | tuple[type, ...]] = {"AuthType": str, "Cors": dict
 _CONCURRENCY_FIELDS: dict[str, type | tuple[type, ...]] = {"ReservedConcurrentExecutions": int}
 _TAG_FIELDS: dict[str, type | tuple[type, ...]] = {"Tags": dict}
 
+# Scalar configuration fields: request field, FunctionConfig attribute, validator.
+_SIMPLE_FIELDS: tuple[tuple[str, str, Callable[..., None]], ...] = (
+    ("Handler", "handler", v.validate_handler),
+    ("Role", "role", v.validate_role),
+    ("Description", "description", v.validate_description),
+    ("Timeout", "timeout", v.validate_timeout),
+    ("MemorySize", "memory_size", v.validate_memory_size),
+)
+
 _TYPE_NAMES = {str: "java.lang.String", int: "java.lang.Integer", bool: "java.lang.Boolean",
                dict: "java.util.Map", list: "java.util.List"}
+
+
+def require(body: Body, *fields: str) -> None:
+    """AWS's answer to a missing required member: "Value null at 'x' ... must not be null"."""
+    for field in fields:
+        if field not in body:
+            lc = field[0].lower() + field[1:]
+            raise ValidationError(
+                f"1 validation error detected: Value null at '{lc}' failed to satisfy constraint: "
+                "Member must not be null"
+            )
 
 
 def check_fields(body: Any, schema: dict[str, type | tuple[type, ...]]) -> Body:
@@ -342,45 +362,38 @@ class ControlPlane:
         """Validate the configuration fields of Create/UpdateFunctionConfiguration; return changes."""
         ch: dict[str, Any] = {}
         package_type = body.get("PackageType", base.package_type if base else "Zip")
+        # One collector for all fields: AWS reports every model violation of a request at once
+        # ("2 validation errors detected: ...; ...").
+        found = v.Violations()
+        for field, attr, check in _SIMPLE_FIELDS:
+            if field in body:
+                check(body[field], violations=found)
+                ch[attr] = body[field]
         if "Runtime" in body:
-            v.validate_runtime(body["Runtime"], creating=creating)
+            v.validate_runtime(body["Runtime"], creating=creating, violations=found)
             ch["runtime"] = body["Runtime"]
-        if "Handler" in body:
-            v.validate_handler(body["Handler"])
-            ch["handler"] = body["Handler"]
-        if "Role" in body:
-            v.validate_role(body["Role"])
-            ch["role"] = body["Role"]
-        if "Description" in body:
-            v.validate_description(body["Description"])
-            ch["description"] = body["Description"]
-        if "Timeout" in body:
-            v.validate_timeout(body["Timeout"])
-            ch["timeout"] = body["Timeout"]
-        if "MemorySize" in body:
-            v.validate_memory_size(body["MemorySize"])
-            ch["memory_size"] = body["MemorySize"]
         if "Environment" in body:
             variables = body["Environment"].get("Variables") or {}
-            v.validate_environment(variables)
+            v.validate_environment(variables, violations=found)
             ch["environment"] = variables
         if "TracingConfig" in body:
             mode = body["TracingConfig"].get("Mode", "PassThrough")
-            v.validate_tracing_mode(mode)
+            v.validate_tracing_mode(mode, violations=found)
             ch["tracing_mode"] = mode
         if "Layers" in body:
-            v.validate_layers(body["Layers"], region=ctx.region)
+            v.validate_layers(body["Layers"], region=ctx.region, violations=found)
             ch["layers"] = tuple(body["Layers"])
         if "EphemeralStorage" in body:
             size = body["EphemeralStorage"].get("Size")
-            v.validate_ephemeral_storage(size)
+            v.validate_ephemeral_storage(size, violations=found)
             ch["ephemeral_storage"] = size
         if "Architectures" in body:
-            v.validate_architectures(body["Architectures"])
+            v.validate_architectures(body["Architectures"], violations=found)
             ch["architectures"] = tuple(body["Architectures"])
         if "ImageConfig" in body:
-            v.validate_image_config(body["ImageConfig"])
+            v.validate_image_config(body["ImageConfig"], violations=found)
             ch["image_config"] = body["ImageConfig"]
+        found.raise_if_any()
         if "LoggingConfig" in body:
             ch["logging_config"] = body["LoggingConfig"]
         if "DeadLetterConfig" in body:
@@ -450,21 +463,9 @@ class ControlPlane:
 
     async def create_function(self, ctx: Ctx, body: Any) -> Body:
         body = check_fields(body, _CREATE_FIELDS)
-        if "FunctionName" not in body:
-            raise ValidationError(
-                "1 validation error detected: Value null at 'functionName' failed to satisfy constraint: "
-                "Member must not be null"
-            )
-        if "Role" not in body:
-            raise ValidationError(
-                "1 validation error detected: Value null at 'role' failed to satisfy constraint: "
-                "Member must not be null"
-            )
-        if "Code" not in body:
-            raise ValidationError(
-                "1 validation error detected: Value null at 'code' failed to satisfy constraint: "
-                "Member must not be null"
-            )
+        require(body, "FunctionName")
+        require(body, "Role")
+        require(body, "Code")
         ref = parse_function_name(
             body["FunctionName"], region=ctx.region, account=ctx.account, allow_qualifier=False,
             creating=True,
@@ -777,13 +778,7 @@ class ControlPlane:
     async def create_alias(self, ctx: Ctx, name: str, body: Any) -> Body:
         body = check_fields(body, _ALIAS_FIELDS)
         ref = parse_function_name(name, region=ctx.region, account=ctx.account, allow_qualifier=False)
-        for field in ("Name", "FunctionVersion"):
-            if field not in body:
-                lc = field[0].lower() + field[1:]
-                raise ValidationError(
-                    f"1 validation error detected: Value null at '{lc}' failed to satisfy constraint: "
-                    "Member must not be null"
-                )
+        require(body, "Name", "FunctionVersion")
         v.validate_alias_name(body["Name"])
         if "Description" in body:
             v.validate_description(body["Description"])
@@ -877,12 +872,7 @@ class ControlPlane:
 
     async def add_permission(self, ctx: Ctx, name: str, qualifier: str | None, body: Any) -> Body:
         body = check_fields(body, _PERMISSION_FIELDS)
-        for field, lc in (("StatementId", "statementId"), ("Action", "action"), ("Principal", "principal")):
-            if field not in body:
-                raise ValidationError(
-                    f"1 validation error detected: Value null at '{lc}' failed to satisfy constraint: "
-                    "Member must not be null"
-                )
+        require(body, "StatementId", "Action", "Principal")
         v.validate_statement_id(body["StatementId"])
         v.validate_action(body["Action"])
         v.validate_principal(body["Principal"])
@@ -958,11 +948,7 @@ class ControlPlane:
 
     async def tag_resource(self, ctx: Ctx, arn: str, body: Any) -> None:
         body = check_fields(body, _TAG_FIELDS)
-        if "Tags" not in body:
-            raise ValidationError(
-                "1 validation error detected: Value null at 'tags' failed to satisfy constraint: "
-                "Member must not be null"
-            )
+        require(body, "Tags")
         async with self._lock:
             st = self._tag_target(ctx, arn)
             v.validate_tags(body["Tags"], existing=st.tags, tag_resource=True)
@@ -1005,11 +991,7 @@ class ControlPlane:
 
     async def put_function_concurrency(self, ctx: Ctx, name: str, body: Any) -> Body:
         body = check_fields(body, _CONCURRENCY_FIELDS)
-        if "ReservedConcurrentExecutions" not in body:
-            raise ValidationError(
-                "1 validation error detected: Value null at 'reservedConcurrentExecutions' failed to "
-                "satisfy constraint: Member must not be null"
-            )
+        require(body, "ReservedConcurrentExecutions")
         n = body["ReservedConcurrentExecutions"]
         if n < 0:
             raise ValidationError(
@@ -1099,11 +1081,7 @@ class ControlPlane:
 
     async def create_url_config(self, ctx: Ctx, name: str, qualifier: str | None, body: Any) -> Body:
         body = check_fields(body, _URL_FIELDS)
-        if "AuthType" not in body:
-            raise ValidationError(
-                "1 validation error detected: Value null at 'authType' failed to satisfy constraint: "
-                "Member must not be null"
-            )
+        require(body, "AuthType")
         v.validate_url_auth_type(body["AuthType"])
         if "InvokeMode" in body:
             v.validate_invoke_mode(body["InvokeMode"])

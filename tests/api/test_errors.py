@@ -180,3 +180,23 @@ async def test_too_many_layers(aws: Aws) -> None:
     layers = [f"arn:aws:lambda:us-east-1:000000000000:layer:l{i}:1" for i in range(6)]
     await expect_error(create_fn(aws, "ly", Layers=layers), 400, "InvalidParameterValueException",
                        "Cannot reference more than 5 layers.")
+
+
+async def test_several_bad_fields_are_reported_together(aws: Aws) -> None:
+    err = await expect_error(create_fn(aws, "multi", MemorySize=64, Timeout=0), 400, "ValidationException")
+    msg = err.response["Error"]["Message"]
+    assert msg.startswith("2 validation errors detected: "), msg
+    assert "'memorySize'" in msg and "'timeout'" in msg
+
+
+async def test_bad_handler(aws: Aws) -> None:
+    err = await expect_error(create_fn(aws, "hd", Handler="has space"), 400, "ValidationException")
+    assert "'handler'" in err.response["Error"]["Message"]
+
+
+async def test_missing_required_member(daemon: Daemon) -> None:
+    body = json.dumps({"FunctionName": "x", "Code": {}}).encode()
+    status, headers, out = await raw(daemon, "POST", "/2015-03-31/functions", body)
+    assert status == 400 and headers["x-amzn-errortype"] == "ValidationException"
+    assert out["message"] == ("1 validation error detected: Value null at 'role' failed to satisfy constraint: "
+                              "Member must not be null")

@@ -7,26 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import PY_HANDLER, ROLE
-from tests.e2e.test_durability import Server, free_port
+from tests.e2e.test_durability import Server
 
 AWS = shutil.which("aws") or str(Path(sys.executable).with_name("aws"))
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    s = Server(tmp_path / "data", free_port())
-    s.start()
-    yield s
-    if s.proc and s.proc.poll() is None:
-        s.proc.terminate()
-        s.proc.wait()
 
 
 def aws(server: Server, *args: str, ok: bool = True) -> Any:

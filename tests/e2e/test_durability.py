@@ -8,11 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.conftest import PY_HANDLER, ROLE, client
@@ -65,14 +63,6 @@ class Server:
         return client(f"http://127.0.0.1:{self.port}")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    s = Server(tmp_path / "data", free_port())
-    s.start()
-    yield s
-    if s.proc and s.proc.poll() is None:
-        s.proc.kill()
-        s.proc.wait()
 
 
 def create(lam: Any, name: str, **kw: Any) -> dict[str, Any]:
