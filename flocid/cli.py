@@ -91,16 +91,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
-    from flocid.daemon import StartupError, run_daemon
+    from flocid.daemon import SHUTDOWN_GRACE_SECONDS, StartupError, run_daemon
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            daemon = await nursery.start(run_daemon, settings)
+
+            async def daemon_then_leave(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+                await run_daemon(settings, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the daemon is down: stop listening for signals
+
+            daemon = await nursery.start(daemon_then_leave)
+            log = logging.getLogger("flocid")
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for sig in signals:
-                    logging.getLogger("flocid").info("%s: stopping", signal.Signals(sig).name)
-                    daemon.stop()
-                    break
+                    name = signal.Signals(sig).name
+                    if daemon.shutdown.is_set():
+                        log.info("%s again: stopping now", name)
+                        daemon.kill()
+                    else:
+                        log.info("%s: stopping (requests in flight get up to %.0f s; signal again to stop now)",
+                                 name, SHUTDOWN_GRACE_SECONDS)
+                        daemon.stop()
 
     code = 0
     try:

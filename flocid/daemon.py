@@ -37,6 +37,9 @@ from flocid.state.store import Store, StoreError
 
 log = logging.getLogger("flocid")
 
+#: How long a graceful stop (SIGTERM, Ctrl-C) lets requests in flight finish.
+SHUTDOWN_GRACE_SECONDS = 5.0
+
 
 class StartupError(Exception):
     """flocid cannot start; the message is one line for the user."""
@@ -51,12 +54,19 @@ class Daemon:
     control: ControlPlane
     invoker: Any
     cancel_scope: trio.CancelScope
+    shutdown: trio.Event
 
     @property
     def url(self) -> str:
         return self.binds[0]
 
     def stop(self) -> None:
+        """Graceful stop: refuse new requests, let in-flight ones finish within the grace period
+        (``SHUTDOWN_GRACE_SECONDS``), then cancel everything else."""
+        self.shutdown.set()
+
+    def kill(self) -> None:
+        """Immediate stop: cancel everything now (containers are still removed, bounded)."""
         self.cancel_scope.cancel()
 
 
@@ -131,8 +141,9 @@ def open_api_sockets(settings: Settings) -> tuple[Sockets, int]:
     return sockets, port
 
 
-async def serve_api(app: Any, sockets: Sockets, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``app`` on already-bound sockets until cancelled (hypercorn on trio)."""
+async def serve_api(app: Any, sockets: Sockets, *,
+                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` on already-bound sockets (hypercorn on trio) until cancelled."""
     from hypercorn.trio.run import worker_serve
     from hypercorn.utils import wrap_app
 
@@ -141,6 +152,21 @@ async def serve_api(app: Any, sockets: Sockets, *, task_status: trio.TaskStatus[
         sock.listen(config.backlog)
     await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets,
                        task_status=task_status)
+
+
+async def _stop_gracefully(shutdown: trio.Event, gateway: Gateway, invoker: Any, root: trio.Nursery) -> None:
+    """The shutdown tiers: once asked to stop, give requests and invocations in flight (Event ones
+    too) up to the grace period, then cancel everything (the invoke layer's teardown of
+    containers is shielded and bounded)."""
+    await shutdown.wait()
+    _sd_notify(b"STOPPING=1")
+    with trio.move_on_after(SHUTDOWN_GRACE_SECONDS) as grace:
+        await gateway.wait_idle()
+        if invoker is not None:
+            await invoker.wait_until(lambda stats: stats.in_flight == 0)
+    if grace.cancelled_caught:
+        log.warning("work still in flight after %.0f s; stopping it", SHUTDOWN_GRACE_SECONDS)
+    root.cancel_scope.cancel()
 
 
 def _bind_message(bind: str, exc: OSError) -> str:
@@ -172,11 +198,13 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                 if executor is not None:
                     invoker = await _start_invoker(root, settings, executor, control)
                 app = Gateway(create_app(control, invoker))
+                shutdown = trio.Event()
+                root.start_soon(_stop_gracefully, shutdown, app, invoker, root)
                 binds = await root.start(serve_api, app, sockets)
                 log.info("flocid serving the Lambda API on %s (data dir %s)", ", ".join(binds),
                          settings.data_dir)
                 _sd_notify(b"READY=1")
-                task_status.started(Daemon(settings, binds, control, invoker, scope))
+                task_status.started(Daemon(settings, binds, control, invoker, scope, shutdown))
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.close)

@@ -15,6 +15,8 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import trio
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -64,6 +66,14 @@ class Gateway:
         self.lambda_app = lambda_app
         self.url_app = url_app
         self.services_app = services_app
+        #: HTTP requests being answered right now (an idle keep-alive connection is not one).
+        self.in_flight = 0
+        self._idle = trio.lowlevel.ParkingLot()
+
+    async def wait_idle(self) -> None:
+        """Return once no HTTP request is in flight (for a graceful stop; bound it by a deadline)."""
+        while self.in_flight:
+            await self._idle.park()
 
     def choose(self, scope: Scope) -> ASGIApp:
         if scope["type"] != "http":
@@ -83,4 +93,10 @@ class Gateway:
         if scope["type"] == "lifespan":
             await self.lambda_app(scope, receive, send)
             return
-        await self.choose(scope)(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.choose(scope)(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.unpark_all()

@@ -257,6 +257,7 @@ class InvokeService:
     def _release_slot(self, slot: Slot) -> None:
         self._limits.release(slot)
         self._slot_freed.unpark_all()
+        self._changed.unpark_all()
 
     async def _run_event(self, fn: FunctionConfig, payload: bytes, request_id: str) -> None:
         """An accepted Event invocation: wait for a slot (AWS retries throttled events), then run."""

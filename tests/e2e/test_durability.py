@@ -190,3 +190,54 @@ def test_unreferenced_code_is_collected_at_restart(server: Server) -> None:
     server.start()
     assert len(list(zips.iterdir())) == 1
     assert server.lam.get_function(FunctionName="gc")["Configuration"]["CodeSize"] > 0
+
+
+def test_sigterm_lets_an_invocation_in_flight_finish(tmp_path: Path) -> None:
+    import json
+    import threading
+
+    from tests.conftest import make_zip
+
+    env = {**os.environ, "FLOCI_SERVICES_LAMBDA_EXECUTOR": "process"}
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flocid", "serve", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        lam = client(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                lam.list_functions()
+                break
+            except EndpointConnectionError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        lam.create_function(
+            FunctionName="slow", Runtime="python3.13", Role=ROLE, Handler="index.handler", Timeout=10,
+            Code={"ZipFile": make_zip({"index.py": "import time\ndef handler(e, c):\n    time.sleep(1.5)\n    return 'done'\n"})},
+        )
+        lam.invoke(FunctionName="slow", Payload=b"{}")  # warm
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            out = lam.invoke(FunctionName="slow", Payload=b"{}")
+            result["status"] = out["StatusCode"]
+            result["body"] = json.loads(out["Payload"].read())
+            result["error"] = out.get("FunctionError")
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(0.4)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        t.join(15)
+        assert result == {"status": 200, "body": "done", "error": None}, (result, log.read_text())
+        assert proc.wait(15) == 0
+        assert time.monotonic() - t0 < 7
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
