@@ -59,6 +59,13 @@ def _serve_parser(sub: Any) -> None:
                    "[FLOCI_SERVICES_LAMBDA_CONTAINER_IDLE_TIMEOUT_SECONDS]")
     p.add_argument("--ephemeral", action="store_const", const=True,
                    help="a fresh container for every invoke [FLOCI_SERVICES_LAMBDA_EPHEMERAL]")
+    p.add_argument("--hot-reload", dest="hot_reload_enabled", action="store_const", const=True,
+                   help="let S3Bucket=hot-reload, S3Key=/host/dir bind-mount a directory as a function's code "
+                   "[FLOCI_SERVICES_LAMBDA_HOT_RELOAD_ENABLED]")
+    p.add_argument("--hot-reload-allowed-paths", type=lambda v: tuple(x for x in v.split(",") if x),
+                   dest="hot_reload_allowed_paths",
+                   help="comma-separated directories hot-reload paths must lie in, after resolving symlinks "
+                   "(default: any) [FLOCI_SERVICES_LAMBDA_HOT_RELOAD_ALLOWED_PATHS]")
     p.add_argument("--ecr-base-uri",
                    help="registry of the runtime images (default public.ecr.aws; flocid.local for the "
                    "images `flocid images build` makes) [FLOCI_ECR_BASE_URI]")
@@ -76,7 +83,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     names = ("host", "port", "data_dir", "code_path", "default_region", "default_account", "executor",
              "default_memory_mb", "default_timeout_seconds", "region_concurrency_limit",
              "unreserved_concurrency_min", "container_idle_timeout_seconds", "ephemeral",
-             "ecr_base_uri", "runtime_api_base_port", "runtime_api_max_port", "log_level")
+             "ecr_base_uri", "runtime_api_base_port", "runtime_api_max_port", "log_level",
+             "hot_reload_enabled", "hot_reload_allowed_paths")
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
 

@@ -15,8 +15,10 @@ import binascii
 import hashlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
@@ -45,6 +47,12 @@ class ImageSource(Protocol):
     async def has_image(self, image: str) -> bool: ...
 
     async def ensure_image(self, image: str) -> None: ...
+
+#: With hot reload enabled, this S3Bucket makes S3Key a host directory bind-mounted at /var/task.
+HOT_RELOAD_BUCKET = "hot-reload"
+#: CodeSha256 of a hot-reload function: no zip exists to hash (LocalStack's value, kept for tools
+#: that already know it).
+HOT_RELOAD_SHA = "hot-reloading-hash-not-available"
 
 REVISION_MISMATCH = (
     "The Revision Id provided does not match the latest Revision Id. "
@@ -453,13 +461,35 @@ class ControlPlane:
         if code.get("ZipFile"):
             stored = await self._store_zip(code["ZipFile"])
             return {"code_id": stored.code_id, "code_sha256": stored.sha256_b64,
-                    "code_size": stored.size, "s3_origin": {}}
+                    "code_size": stored.size, "s3_origin": {}, "hot_reload_path": None}
+        if code.get("S3Bucket") == HOT_RELOAD_BUCKET and self.settings.hot_reload_enabled:
+            path = await trio.to_thread.run_sync(self._hot_reload_path, code.get("S3Key") or "")
+            return {"code_id": None, "code_sha256": HOT_RELOAD_SHA, "code_size": 0, "s3_origin": {},
+                    "hot_reload_path": path}
         if code.get("S3Bucket") or code.get("S3Key"):
             raise InvalidParameterValue(
                 "Error occurred while GetObject. S3 Error Code: NoSuchBucket. "
                 "S3 Error Message: The specified bucket does not exist"
             )
         raise InvalidParameterValue("Please provide a source for function code.")
+
+    def _hot_reload_path(self, raw: str) -> str:
+        """The directory a hot-reload function mounts, checked against the allow-list *after*
+        resolving symlinks and ``..``, on path-component boundaries (``/tmp`` does not admit ``/tmpx``)."""
+        if not raw.startswith("/"):
+            raise InvalidParameterValue(f"Hot-reload path must be an absolute path on the host, got '{raw}'.")
+        resolved = Path(os.path.realpath(raw))
+        if not resolved.is_dir():
+            raise InvalidParameterValue(f"Hot-reload path {raw} does not exist or is not a directory.")
+        allowed = self.settings.hot_reload_allowed_paths
+        if allowed and not any(resolved.is_relative_to(os.path.realpath(a)) for a in allowed):
+            raise InvalidParameterValue(
+                f"Hot-reload path {raw} (resolved to {resolved}) is not within the allowed paths "
+                "(FLOCI_SERVICES_LAMBDA_HOT_RELOAD_ALLOWED_PATHS)."
+            )
+        if resolved == Path("/"):
+            raise InvalidParameterValue("Hot-reload path / is not allowed: name the function's own directory.")
+        return str(resolved)
 
     async def create_function(self, ctx: Ctx, body: Any) -> Body:
         body = check_fields(body, _CREATE_FIELDS)

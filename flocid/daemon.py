@@ -187,6 +187,9 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
     except (StoreError, OSError) as exc:
         raise StartupError(str(exc)) from exc
     control = ControlPlane(settings, store, code)
+    if settings.hot_reload_enabled and not settings.hot_reload_allowed_paths:
+        log.warning("hot reload is enabled with no FLOCI_SERVICES_LAMBDA_HOT_RELOAD_ALLOWED_PATHS: any host "
+                    "directory can be mounted into a function; set the allow-list")
     # Nothing writes code yet: a safe moment to drop zips no version refers to any more.
     removed = await trio.to_thread.run_sync(code.collect, control.referenced_code())
     if removed:

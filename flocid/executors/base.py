@@ -42,6 +42,8 @@ class EnvironmentSpec:
     image: str | None = None
     #: Labels naming the flocid instance, so a restarted daemon can reap orphans.
     labels: dict[str, str] = attrs.field(factory=dict)
+    #: Mount ``code_dir`` itself (read-only) at /var/task instead of copying it: hot reload.
+    bind_code: bool = False
 
 
 class Environment(Protocol):

@@ -215,6 +215,7 @@ def container_config(
     extra_hosts: list[str] | None = None,
     init: bool = True,
     code_volume: str | None = None,
+    code_bind: str | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /containers/create`` for one environment.
 
@@ -239,6 +240,9 @@ def container_config(
         host_config["Mounts"] = [
             {"Type": "volume", "Source": code_volume, "Target": "/var/task", "ReadOnly": True}
         ]
+    if code_bind:
+        # Hot reload: the host directory itself, so an edited file is seen by the next invoke.
+        host_config["Mounts"] = [{"Type": "bind", "Source": code_bind, "Target": "/var/task", "ReadOnly": True}]
     config: dict[str, Any] = {
         "Image": image,
         "Env": [f"{k}={v}" for k, v in spec.env.items()],
@@ -598,7 +602,8 @@ class DockerExecutor:
             extra_hosts = ["host.docker.internal:host-gateway"]
         code_tar: bytes | None = None
         code_volume: str | None = None
-        if spec.code_dir is not None and fn.package_type != "Image":
+        code_bind = str(spec.code_dir) if spec.bind_code and spec.code_dir is not None else None
+        if spec.code_dir is not None and fn.package_type != "Image" and code_bind is None:
             code_volume = await self._code_volume(spec.code_dir, fn, image)
             code_tar = await trio.to_thread.run_sync(
                 functools.partial(build_code_tar, spec.code_dir, fn.runtime, include_task=code_volume is None)
@@ -614,6 +619,7 @@ class DockerExecutor:
                 extra_hosts=extra_hosts,
                 init=init,
                 code_volume=code_volume,
+                code_bind=code_bind,
             )
             try:
                 container_id = await self._create_and_start(config, name, image, code_tar)

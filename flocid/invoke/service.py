@@ -382,6 +382,8 @@ class InvokeService:
                     capture.append(f"{now} {request_id} Task timed out after {fn.timeout:.2f} seconds".encode())
             else:
                 status, body, error, reusable = self._result_of(outcome, request_id, env)
+                if fn.hot_reload_path:
+                    reusable = False  # hot reload: a fresh environment sees the edited files
         finally:
             env.capture = None
             env.busy = False
@@ -495,7 +497,7 @@ class InvokeService:
         task_status: trio.TaskStatus[WarmEnvironment] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """One environment's whole life: port, executor start, its tasks; stop on exit or retire."""
-        if fn.package_type != "Image" and fn.code_id is None:
+        if fn.package_type != "Image" and fn.code_id is None and not fn.hot_reload_path:
             raise ExecutorError(f"function {fn.arn} has no deployed code")
         function = (fn.region, fn.account, fn.name)
         # The drain generation before anything is started: a drain during a slow start (image
@@ -512,7 +514,9 @@ class InvokeService:
                 advertise = self._executor.advertise_host
                 spec = EnvironmentSpec(
                 function=fn,
-                    code_dir=self._code_dir_for(fn.code_id) if fn.code_id is not None else None,
+                    code_dir=(Path(fn.hot_reload_path) if fn.hot_reload_path
+                              else self._code_dir_for(fn.code_id) if fn.code_id is not None else None),
+                    bind_code=fn.hot_reload_path is not None,
                     runtime_api=f"{advertise}:{port}",
                     env=runtime_environment(
                         self._settings,

@@ -74,6 +74,8 @@ class FunctionConfig:
     state_reason_code: str | None = None
     #: S3 origin of the code (bucket, key, version) when created from S3.
     s3_origin: dict[str, Any] = attrs.field(factory=dict, converter=_dict)
+    #: Hot reload: the host directory mounted at /var/task (every invoke a fresh environment).
+    hot_reload_path: str | None = None
 
     @property
     def arn(self) -> str:

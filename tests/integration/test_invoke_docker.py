@@ -324,3 +324,30 @@ async def test_function_reaches_flocid_through_aws_endpoint_url(daws: Aws) -> No
     assert "FunctionError" not in out, body
     assert body["names"] == ["caller"]
     assert body["endpoint"].endswith(":" + daws.endpoint.rsplit(":", 1)[1])
+
+
+async def test_hot_reload_bind_mount(tmp_path: Path, nursery: trio.Nursery) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "index.py").write_text("def handler(e, c):\n    return 'first'\n")
+    d: Daemon = await nursery.start(run_daemon, settings_for(
+        tmp_path, executor="docker", ecr_base_uri="flocid.local", listen_docker_bridge=True,
+        hot_reload_enabled=True, hot_reload_allowed_paths=(str(tmp_path),)))
+    aws = Aws(d.url)
+    try:
+        await create(aws, "hot", Code={"S3Bucket": "hot-reload", "S3Key": str(app)})
+        _, body = await invoke(aws, "hot", {})
+        assert body == "first"
+        (app / "index.py").write_text("def handler(e, c):\n    return 'edited'\n")
+        _, body = await invoke(aws, "hot", {})
+        assert body == "edited", "an edited file is picked up with no API call"
+        # Back to a zip: the bind mount must really be gone from the environment that runs it.
+        await aws.lambda_.update_function_code(FunctionName="hot", ZipFile=py_zip("zip"))
+        _, body = await invoke(aws, "hot", {})
+        assert body["tag"] == "zip"
+        ids = _docker("ps", "-q", "--filter", "label=flocid.function=hot").stdout.split()
+        assert len(ids) == 1
+        mounts = json.loads(_docker("inspect", "--format", "{{json .Mounts}}", ids[0]).stdout)
+        assert [m for m in mounts if m.get("Type") == "bind"] == [], mounts
+    finally:
+        d.stop()
