@@ -54,3 +54,33 @@ def test_cli_create_get_image_config_and_errors(server: Server, tmp_path: Path) 
     err = aws(server, "lambda", "get-function", "--function-name", "nope", ok=False)
     assert "ResourceNotFoundException" in err
     assert "Function not found: arn:aws:lambda:us-east-1:000000000000:function:nope" in err
+
+
+def test_cli_invoke_as_in_the_readme(tmp_path: Path) -> None:
+    """The user's command from the README, against a daemon that runs functions (process executor)."""
+    import base64
+
+    from tests.e2e.test_durability import Server, free_port
+
+    os.environ["FLOCI_SERVICES_LAMBDA_EXECUTOR"] = "process"
+    try:
+        server = Server(tmp_path / "data", free_port())
+        server.start()
+    finally:
+        os.environ.pop("FLOCI_SERVICES_LAMBDA_EXECUTOR")
+    try:
+        zpath = tmp_path / "f.zip"
+        zpath.write_bytes(PY_HANDLER)
+        aws(server, "lambda", "create-function", "--function-name", "f", "--runtime", "python3.13",
+            "--role", ROLE, "--handler", "index.handler", "--zip-file", f"fileb://{zpath}")
+        out_file = tmp_path / "out.json"
+        # AWS CLI v2 needs --cli-binary-format for a raw payload; v1 (pip's awscli) sends it raw anyway.
+        version = subprocess.run([AWS, "--version"], capture_output=True, text=True).stdout
+        v2 = ["--cli-binary-format", "raw-in-base64-out"] if version.startswith("aws-cli/2") else []
+        meta = aws(server, "lambda", "invoke", "--function-name", "f", "--payload", '{"a":1}', *v2,
+                   "--log-type", "Tail", str(out_file))
+        assert meta["StatusCode"] == 200 and meta["ExecutedVersion"] == "$LATEST"
+        assert json.loads(out_file.read_text()) == {"ok": True, "event": {"a": 1}}
+        assert "REPORT RequestId:" in base64.b64decode(meta["LogResult"]).decode()
+    finally:
+        server.term()
