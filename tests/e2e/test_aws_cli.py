@@ -62,12 +62,8 @@ def test_cli_invoke_as_in_the_readme(tmp_path: Path) -> None:
 
     from tests.e2e.test_durability import Server, free_port
 
-    os.environ["FLOCI_SERVICES_LAMBDA_EXECUTOR"] = "process"
-    try:
-        server = Server(tmp_path / "data", free_port())
-        server.start()
-    finally:
-        os.environ.pop("FLOCI_SERVICES_LAMBDA_EXECUTOR")
+    server = Server(tmp_path / "data", free_port(), executor="process")
+    server.start()
     try:
         zpath = tmp_path / "f.zip"
         zpath.write_bytes(PY_HANDLER)

@@ -24,13 +24,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir, self.port = data_dir, port
+    def __init__(self, data_dir: Path, port: int, executor: str = "none") -> None:
+        self.data_dir, self.port, self.executor = data_dir, port, executor
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"serve-{port}.log"
 
     def start(self) -> None:
-        env = {**os.environ, "FLOCI_SERVICES_LAMBDA_EXECUTOR": "none"}
+        env = {**os.environ, "FLOCI_SERVICES_LAMBDA_EXECUTOR": self.executor}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flocid", "serve", "--port", str(self.port), "--data-dir",
              str(self.data_dir)],
