@@ -51,6 +51,10 @@ class Settings:
     poll_interval_ms: int = 1000
     hot_reload_enabled: bool = False
     hot_reload_allowed_paths: tuple[str, ...] = ()
+    #: Extra names the embedded DNS responder answers with flocid's address (e.g. localhost.localstack.cloud).
+    dns_extra_suffixes: tuple[str, ...] = ()
+    #: Port of the embedded DNS responder on the Docker bridge (containers can only use 53; 0 = off).
+    dns_port: int = 53
     log_level: str = "info"
 
     @property
@@ -120,6 +124,8 @@ _ENV: dict[str, Any] = {
     "poll_interval_ms": _int,
     "hot_reload_enabled": _bool,
     "hot_reload_allowed_paths": _paths,
+    "dns_extra_suffixes": _paths,
+    "dns_port": _int,
     "log_level": str,
 }
 _ENV_NAMES: dict[str, tuple[str, ...]] = {
@@ -146,5 +152,7 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "poll_interval_ms": (_L + "POLL_INTERVAL_MS",),
     "hot_reload_enabled": (_L + "HOT_RELOAD_ENABLED",),
     "hot_reload_allowed_paths": (_L + "HOT_RELOAD_ALLOWED_PATHS",),
+    "dns_extra_suffixes": ("FLOCI_DNS_EXTRA_SUFFIXES",),
+    "dns_port": ("FLOCI_DNS_PORT",),
     "log_level": ("FLOCI_LOG_LEVEL",),
 }

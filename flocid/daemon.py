@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import socket
@@ -34,6 +35,7 @@ from flocid.control import ControlPlane
 from flocid.gateway import Gateway
 from flocid.state.codestore import CodeStore
 from flocid.state.store import Store, StoreError
+from flocid.urls import create_url_app
 
 log = logging.getLogger("flocid")
 
@@ -200,7 +202,9 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                 invoker = None
                 if executor is not None:
                     invoker = await _start_invoker(root, settings, executor, control)
-                app = Gateway(create_app(control, invoker))
+                if executor is not None:
+                    await _start_dns(root, settings, executor)
+                app = Gateway(create_app(control, invoker), url_app=create_url_app(control, invoker))
                 shutdown = trio.Event()
                 root.start_soon(_stop_gracefully, shutdown, app, invoker, root)
                 binds = await root.start(serve_api, app, sockets)
@@ -211,6 +215,25 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.close)
+
+
+async def _start_dns(root: trio.Nursery, settings: Settings, executor: Any) -> None:
+    """The embedded DNS responder on the Docker bridge, given to containers as their resolver, so
+    ``*.localhost.floci.io`` (virtual-hosted S3 and the like) reaches flocid from inside them."""
+    bridge = docker_bridge_ip()
+    if settings.dns_port == 0 or bridge is None or not hasattr(executor, "dns_servers"):
+        return
+    from flocid.dns import serve_dns
+
+    try:
+        await root.start(functools.partial(
+            serve_dns, settings, host=bridge, port=settings.dns_port, answer_ip=bridge,
+        ))
+    except OSError as exc:
+        log.warning("DNS responder not started on %s:%d (%s); containers use Docker's resolver",
+                    bridge, settings.dns_port, exc.strerror or exc)
+        return
+    executor.dns_servers = [bridge]
 
 
 async def _start_invoker(root: trio.Nursery, settings: Settings, executor: Any, control: ControlPlane) -> Any:

@@ -435,10 +435,11 @@ def create_url_app(control: ControlPlane, invoker: Invoker | None, *, require_po
             await _send(send, 413, [*hdrs, *extra, rid], body)
             return
 
-        raw_path = _raw_path(scope, found)
-        raw_query = bytes(scope.get("query_string", b"")).decode("latin-1")
         host = hmap.get("host", "").split(":")[0].lower()
-        domain = host if ".lambda-url." in host else f"{url_id}.lambda-url.{cfg.region}.{base_host}"
+        by_host = _URL_HOST.match(host) is not None
+        raw_path = _raw_path(scope, None if by_host else url_id)
+        raw_query = bytes(scope.get("query_string", b"")).decode("latin-1")
+        domain = host if by_host else f"{url_id}.lambda-url.{cfg.region}.{base_host}"
         client = scope.get("client") or ("127.0.0.1", 0)
         event_headers = list(header_list)
         if "x-forwarded-for" not in hmap:
@@ -448,6 +449,8 @@ def create_url_app(control: ControlPlane, invoker: Invoker | None, *, require_po
         server = scope.get("server")
         if "x-forwarded-port" not in hmap and server:
             event_headers.append(("x-forwarded-port", str(server[1])))
+        if "x-amzn-trace-id" not in hmap:
+            event_headers.append(("x-amzn-trace-id", f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"))
         event = build_event(
             url_id=url_id, account=cfg.account, domain_name=domain, method=method,
             raw_path=raw_path, raw_query=raw_query, headers=event_headers, body=body_bytes,
@@ -476,6 +479,12 @@ def create_url_app(control: ControlPlane, invoker: Invoker | None, *, require_po
             hdrs.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
             await _send(send, exc.status, [*hdrs, *extra, rid], body)
             return
+        except Exception:
+            # Never a traceback to the client; the log has it.
+            log.exception("function URL %s: invocation failed", url_id)
+            hdrs, body = _json_error("Internal Server Error", "ServiceException")
+            await _send(send, 500, [*hdrs, *extra, rid], body)
+            return
         if result.function_error:
             await _send(send, 502, [(b"content-type", b"text/plain"), *extra, rid], b"Internal Server Error")
             return
@@ -497,12 +506,17 @@ class _NotActive(Exception):
     pass
 
 
-def _raw_path(scope: Scope, found: tuple[str, str]) -> str:
-    """The path as the client sent it (percent-encoding kept), inside the function URL."""
+_URL_HOST = re.compile(r"^[a-z0-9]{32}\.lambda-url\.[a-z0-9-]+\.")
+
+
+def _raw_path(scope: Scope, path_id: str | None) -> str:
+    """The path as the client sent it (percent-encoding kept), inside the function URL; for
+    path-based addressing (``path_id`` set) the ``/lambda-url/<id>`` prefix is removed."""
     raw = scope.get("raw_path")
     path = bytes(raw).decode("latin-1") if raw else str(scope.get("path") or "/")
     path = path.split("?", 1)[0]
-    prefix = f"/lambda-url/{found[0]}"
-    if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-        path = path[len(prefix):] or "/"
+    if path_id is not None:
+        prefix = f"/lambda-url/{path_id}"
+        if path.startswith(prefix):
+            path = path[len(prefix):]
     return path or "/"

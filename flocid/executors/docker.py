@@ -216,6 +216,7 @@ def container_config(
     init: bool = True,
     code_volume: str | None = None,
     code_bind: str | None = None,
+    dns: list[str] | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /containers/create`` for one environment.
 
@@ -234,6 +235,8 @@ def container_config(
     }
     if network:
         host_config["NetworkMode"] = network
+    if dns:
+        host_config["Dns"] = dns
     if extra_hosts:
         host_config["ExtraHosts"] = extra_hosts
     if code_volume:
@@ -535,6 +538,8 @@ class DockerExecutor:
         progress: Callable[[str], None],
     ) -> None:
         self._settings = settings
+        #: Resolvers given to containers: the embedded DNS responder once it runs (set by the daemon).
+        self.dns_servers: list[str] | None = None
         self._bridge = bridge
         self._docker_or_none = docker
         self._docker_error = docker_error
@@ -620,6 +625,7 @@ class DockerExecutor:
                 init=init,
                 code_volume=code_volume,
                 code_bind=code_bind,
+                dns=self.dns_servers,
             )
             try:
                 container_id = await self._create_and_start(config, name, image, code_tar)

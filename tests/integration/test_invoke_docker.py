@@ -351,3 +351,25 @@ async def test_hot_reload_bind_mount(tmp_path: Path, nursery: trio.Nursery) -> N
         assert [m for m in mounts if m.get("Type") == "bind"] == [], mounts
     finally:
         d.stop()
+
+
+async def test_containers_resolve_localhost_floci_io_through_the_dns_responder(daws: Aws, ddaemon: Daemon) -> None:
+    if not ddaemon.invoker._executor.dns_servers:
+        pytest.fail("the DNS responder did not start: is port 53 on the Docker bridge taken by another "
+                    "process (another flocid)? `ss -ulpn | grep :53`")
+    port = daws.endpoint.rsplit(":", 1)[1]
+    code = make_zip({"index.py": (
+        "import socket, json, urllib.request\n"
+        "def handler(event, context):\n"
+        "    ip = socket.gethostbyname('my-bucket.localhost.floci.io')\n"
+        f"    url = 'http://localhost.floci.io:{port}/2015-03-31/functions/'\n"
+        "    with urllib.request.urlopen(url, timeout=5) as r:\n"
+        "        names = [f['FunctionName'] for f in json.load(r)['Functions']]\n"
+        "    return {'ip': ip, 'names': names}\n"
+    )})
+    await create(daws, "dns", code)
+    out, body = await invoke(daws, "dns", {})
+    assert "FunctionError" not in out, body
+    from flocid.daemon import docker_bridge_ip
+
+    assert body == {"ip": docker_bridge_ip(), "names": ["dns"]}
