@@ -51,6 +51,10 @@ class Settings:
     poll_interval_ms: int = 1000
     hot_reload_enabled: bool = False
     hot_reload_allowed_paths: tuple[str, ...] = ()
+    #: A host ~/.aws mounted read-only at /opt/aws-config in containers (FLOCI_SERVICES_LAMBDA_AWS_CONFIG_PATH).
+    aws_config_path: Path | None = None
+    #: flocid's own AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, forwarded to functions.
+    host_credentials: tuple[tuple[str, str], ...] = ()
     #: Extra names the embedded DNS responder answers with flocid's address (e.g. localhost.localstack.cloud).
     dns_extra_suffixes: tuple[str, ...] = ()
     #: Port of the embedded DNS responder on the Docker bridge (containers can only use 53; 0 = off).
@@ -77,6 +81,9 @@ class Settings:
                     except ValueError as exc:
                         raise ValueError(f"{var}={raw!r}: {exc}") from exc
                     break
+        creds = tuple((k, env[k]) for k in _CREDENTIAL_VARS if env.get(k))
+        if creds and any(k == "AWS_ACCESS_KEY_ID" for k, _ in creds):
+            values["host_credentials"] = creds
         values.update({k: v for k, v in flags.items() if v is not None})
         return cls(**values)
 
@@ -98,6 +105,7 @@ def _paths(raw: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.split(",") if p.strip())
 
 
+_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _L = "FLOCI_SERVICES_LAMBDA_"
 # setting -> (converter); names in priority order below.
 _ENV: dict[str, Any] = {
@@ -125,6 +133,7 @@ _ENV: dict[str, Any] = {
     "hot_reload_enabled": _bool,
     "hot_reload_allowed_paths": _paths,
     "dns_extra_suffixes": _paths,
+    "aws_config_path": Path,
     "dns_port": _int,
     "log_level": str,
 }
@@ -153,6 +162,7 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "hot_reload_enabled": (_L + "HOT_RELOAD_ENABLED",),
     "hot_reload_allowed_paths": (_L + "HOT_RELOAD_ALLOWED_PATHS",),
     "dns_extra_suffixes": ("FLOCI_DNS_EXTRA_SUFFIXES",),
+    "aws_config_path": (_L + "AWS_CONFIG_PATH",),
     "dns_port": ("FLOCI_DNS_PORT",),
     "log_level": ("FLOCI_LOG_LEVEL",),
 }

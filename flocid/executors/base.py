@@ -18,6 +18,9 @@ import trio
 
 from flocid.lambda_.models import FunctionConfig
 
+#: Where a container sees the host's ~/.aws (FLOCI_SERVICES_LAMBDA_AWS_CONFIG_PATH).
+AWS_CONFIG_MOUNT = "/opt/aws-config"
+
 
 class ExecutorError(Exception):
     """An environment could not be started (image missing, Docker down, bad code...)."""

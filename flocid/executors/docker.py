@@ -54,6 +54,7 @@ import trio
 from flocid.config import Settings
 from flocid.executors._aio import AioBridge, open_aio_bridge
 from flocid.executors.base import (
+    AWS_CONFIG_MOUNT,
     EnvironmentSpec,
     ExecutorError,
     ExecutorUnavailable,
@@ -217,6 +218,7 @@ def container_config(
     code_volume: str | None = None,
     code_bind: str | None = None,
     dns: list[str] | None = None,
+    aws_config: str | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /containers/create`` for one environment.
 
@@ -246,6 +248,9 @@ def container_config(
     if code_bind:
         # Hot reload: the host directory itself, so an edited file is seen by the next invoke.
         host_config["Mounts"] = [{"Type": "bind", "Source": code_bind, "Target": "/var/task", "ReadOnly": True}]
+    if aws_config:
+        host_config.setdefault("Mounts", []).append(
+            {"Type": "bind", "Source": aws_config, "Target": AWS_CONFIG_MOUNT, "ReadOnly": True})
     config: dict[str, Any] = {
         "Image": image,
         "Env": [f"{k}={v}" for k, v in spec.env.items()],
@@ -538,6 +543,8 @@ class DockerExecutor:
         progress: Callable[[str], None],
     ) -> None:
         self._settings = settings
+        #: Where containers see the host's ~/.aws (read by the invoke layer).
+        self.aws_config_dir = AWS_CONFIG_MOUNT
         #: Resolvers given to containers: the embedded DNS responder once it runs (set by the daemon).
         self.dns_servers: list[str] | None = None
         self._bridge = bridge
@@ -626,6 +633,8 @@ class DockerExecutor:
                 code_volume=code_volume,
                 code_bind=code_bind,
                 dns=self.dns_servers,
+                aws_config=(str(self._settings.aws_config_path.resolve())
+                            if self._settings.aws_config_path is not None else None),
             )
             try:
                 container_id = await self._create_and_start(config, name, image, code_tar)

@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from flocid.config import Settings
-from flocid.executors.base import Environment
+from flocid.executors.base import AWS_CONFIG_MOUNT, Environment
 from flocid.lambda_.models import FunctionConfig
 from flocid.runtime_api.server import RuntimeApiServer
 
@@ -66,8 +66,15 @@ def runtime_environment(
     runtime_api: str,
     endpoint_host: str,
     credentials: Mapping[str, str] | None = None,
+    aws_config_dir: str = AWS_CONFIG_MOUNT,
 ) -> dict[str, str]:
-    """The complete environment of the runtime process: AWS's variables, then the function's own."""
+    """The complete environment of the runtime process: AWS's variables, then the function's own.
+
+    Credentials, in order: ``credentials`` when given; a mounted host ``~/.aws``
+    (``settings.aws_config_path``, seen at ``aws_config_dir``) with no key variables; flocid's own
+    keys; else the placeholders test/test. The function's own variables come last, so its
+    ``AWS_ENDPOINT_URL=`` (empty) or ``AWS_ENDPOINT_URL_<SERVICE>`` pass through untouched.
+    """
     env = {
         "AWS_LAMBDA_RUNTIME_API": runtime_api,
         "AWS_LAMBDA_FUNCTION_NAME": fn.name,
@@ -85,8 +92,13 @@ def runtime_environment(
     }
     if credentials:
         env.update(credentials)
+    elif settings.aws_config_path is not None:
+        env.update(AWS_SHARED_CREDENTIALS_FILE=f"{aws_config_dir}/credentials",
+                   AWS_CONFIG_FILE=f"{aws_config_dir}/config")
+    elif settings.host_credentials:
+        env.update(dict(settings.host_credentials))
     else:
-        env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_SESSION_TOKEN="test")
+        env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
     if fn.handler:
         env["_HANDLER"] = fn.handler
     if fn.runtime:

@@ -49,8 +49,8 @@ INIT_LIMIT_SECONDS = 10.0
 STOP_LIMIT_SECONDS = 10.0
 #: LogType=Tail: how long to wait for the last output lines (quiet period for executors that
 #: cannot tell when their output is drained, and the overall bound).
-TAIL_QUIET = 0.01
-TAIL_SETTLE_MAX = 0.2
+TAIL_QUIET = 0.03
+TAIL_SETTLE_MAX = 0.5
 #: AWS keeps retrying a throttled asynchronous event for up to 6 hours.
 EVENT_MAX_AGE_SECONDS = 6 * 3600.0
 
@@ -523,6 +523,9 @@ class InvokeService:
                         fn,
                         runtime_api=f"{advertise}:{port}",
                         endpoint_host=self._settings.hostname or advertise,
+                        # A container sees the host's ~/.aws at its mount point; a process, where it is.
+                        aws_config_dir=getattr(self._executor, "aws_config_dir", None)
+                        or str(self._settings.aws_config_path),
                     ),
                     image=fn.image_uri if fn.package_type == "Image" else None,
                     labels=instance_labels(self._settings, fn),

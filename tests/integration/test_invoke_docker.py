@@ -373,3 +373,29 @@ async def test_containers_resolve_localhost_floci_io_through_the_dns_responder(d
     from flocid.daemon import docker_bridge_ip
 
     assert body == {"ip": docker_bridge_ip(), "names": ["dns"]}
+
+
+async def test_aws_config_path_is_mounted_read_only(tmp_path: Path, nursery: trio.Nursery) -> None:
+    home = tmp_path / "dot-aws"
+    home.mkdir()
+    (home / "credentials").write_text("[default]\naws_access_key_id = AKIAFROMFILE\naws_secret_access_key = x\n")
+    d: Daemon = await nursery.start(run_daemon, settings_for(
+        tmp_path, executor="docker", ecr_base_uri="flocid.local", listen_docker_bridge=True, aws_config_path=home))
+    aws = Aws(d.url)
+    try:
+        code = make_zip({"index.py": (
+            "import os\n"
+            "def handler(e, c):\n"
+            "    path = os.environ['AWS_SHARED_CREDENTIALS_FILE']\n"
+            "    try:\n"
+            "        open(path, 'a').close()\n"
+            "        writable = True\n"
+            "    except OSError:\n"
+            "        writable = False\n"
+            "    return {'creds': open(path).read(), 'key': os.environ.get('AWS_ACCESS_KEY_ID'), 'writable': writable}\n"
+        )})
+        await create(aws, "cfg", code)
+        _, body = await invoke(aws, "cfg", {})
+        assert "AKIAFROMFILE" in body["creds"] and body["key"] is None and body["writable"] is False
+    finally:
+        d.stop()
