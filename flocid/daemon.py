@@ -33,6 +33,7 @@ from flocid.api.app import create_app
 from flocid.config import Settings
 from flocid.control import ControlPlane
 from flocid.gateway import Gateway
+from flocid.services import create_services_app
 from flocid.state.codestore import CodeStore
 from flocid.state.store import Store, StoreError
 from flocid.urls import create_url_app
@@ -204,7 +205,12 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                     invoker = await _start_invoker(root, settings, executor, control)
                 if executor is not None:
                     await _start_dns(root, settings, executor)
-                app = Gateway(create_app(control, invoker), url_app=create_url_app(control, invoker))
+                # Companion services start before the API: on a stop they are cancelled after it and
+                # save their snapshot once no request can reach them any more.
+                services = create_services_app(settings)
+                await root.start(services.serve)
+                app = Gateway(create_app(control, invoker), url_app=create_url_app(control, invoker),
+                              services_app=services)
                 shutdown = trio.Event()
                 root.start_soon(_stop_gracefully, shutdown, app, invoker, root)
                 binds = await root.start(serve_api, app, sockets)

@@ -64,7 +64,9 @@ async def test_wrong_type_is_refused(daemon: Daemon) -> None:
 
 
 async def test_unknown_route(daemon: Daemon) -> None:
-    status, headers, _ = await raw(daemon, "GET", "/2099-01-01/whatever")
+    auth = ("AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/lambda/aws4_request, "
+            "SignedHeaders=host, Signature=0")
+    status, headers, _ = await raw(daemon, "GET", "/2099-01-01/whatever", headers={"Authorization": auth})
     assert status == 404 and headers["x-amzn-errortype"] == "UnknownOperationException"
 
 
