@@ -43,6 +43,10 @@ Body = dict[str, Any]
 log = logging.getLogger("flocid.control")
 
 
+class S3Source(Protocol):
+    async def get_s3_object(self, bucket: str, key: str, version: str | None = None) -> bytes: ...
+
+
 class ImageSource(Protocol):
     async def has_image(self, image: str) -> bool: ...
 
@@ -206,6 +210,11 @@ class ControlPlane:
         self.image_source: ImageSource | None = None
         #: Set by the daemon: where background work of the control plane runs (image fetches).
         self.background: trio.Nursery | None = None
+        #: Set by the daemon: the embedded S3, for code from S3 and its reactive sync.
+        self.s3: S3Source | None = None
+        #: Functions whose code is being re-read after their S3 object changed -> set when done.
+        self._syncing: dict[tuple[str, str, str], trio.Event] = {}
+        self._sync_send, self._sync_receive = trio.open_memory_channel[tuple[str, str, str | None]](1000)
         self._load()
 
     def pending_images(self) -> list[tuple[str, str, str, str]]:
@@ -467,11 +476,97 @@ class ControlPlane:
             return {"code_id": None, "code_sha256": HOT_RELOAD_SHA, "code_size": 0, "s3_origin": {},
                     "hot_reload_path": path}
         if code.get("S3Bucket") or code.get("S3Key"):
+            bucket, key = code.get("S3Bucket") or "", code.get("S3Key") or ""
+            version = code.get("S3ObjectVersion")
+            stored = await self._store_s3(bucket, key, version)
+            return {"code_id": stored.code_id, "code_sha256": stored.sha256_b64, "code_size": stored.size,
+                    "s3_origin": {"bucket": bucket, "key": key, "version": version}, "hot_reload_path": None}
+        raise InvalidParameterValue("Please provide a source for function code.")
+
+    async def _store_s3(self, bucket: str, key: str, version: str | None) -> StoredCode:
+        """Fetch a zip from the embedded S3 and store it (AWS's GetObject error text on failure)."""
+        if self.s3 is None:
             raise InvalidParameterValue(
                 "Error occurred while GetObject. S3 Error Code: NoSuchBucket. "
                 "S3 Error Message: The specified bucket does not exist"
             )
-        raise InvalidParameterValue("Please provide a source for function code.")
+        try:
+            data = await self.s3.get_s3_object(bucket, key, version)
+        except Exception as exc:
+            code, message = getattr(exc, "code", None), getattr(exc, "message", None)
+            if code is None:
+                raise
+            raise InvalidParameterValue(
+                f"Error occurred while GetObject. S3 Error Code: {code}. S3 Error Message: {message}"
+            ) from exc
+        return await trio.to_thread.run_sync(self.code.put_zip, data)
+
+    # ---- reactive S3 sync --------------------------------------------------------------------
+
+    def s3_object_changed(self, bucket: str, key: str, version: str | None) -> None:
+        """Called (synchronously, before the S3 client gets its answer) when an object changes:
+        functions created from it are marked as syncing at once, so an invoke that follows the
+        upload waits for the new code instead of racing it."""
+        hit = False
+        for k, st in self.functions.items():
+            o = st.latest.s3_origin
+            if o and o.get("bucket") == bucket and o.get("key") == key and not st.latest.hot_reload_path:
+                self._syncing.setdefault(k, trio.Event())
+                hit = True
+        if hit:
+            try:
+                self._sync_send.send_nowait((bucket, key, version))
+            except trio.WouldBlock:
+                log.warning("too many S3 code changes queued; dropping the one for s3://%s/%s", bucket, key)
+                self._release_syncing(bucket, key)
+
+    async def wait_synced(self, region: str, account: str, name: str) -> None:
+        """Return once no S3 sync of this function's code is pending."""
+        event = self._syncing.get((region, account, name))
+        if event is not None:
+            await event.wait()
+
+    def _release_syncing(self, bucket: str, key: str) -> None:
+        for k, event in list(self._syncing.items()):
+            o = self.functions[k].latest.s3_origin if k in self.functions else {}
+            if not o or (o.get("bucket") == bucket and o.get("key") == key):
+                del self._syncing[k]
+                event.set()
+
+    async def serve_s3_sync(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Re-read the code of functions whose S3 object changed (Floci's reactive sync): new
+        CodeSha256 and RevisionId, warm $LATEST environments drained. No polling."""
+        task_status.started()
+        async for bucket, key, version in self._sync_receive:
+            try:
+                await self._sync_one(bucket, key, version)
+            except Exception as exc:  # noqa: BLE001 - a bad upload keeps the old code, never kills the loop
+                log.warning("could not reload code from s3://%s/%s: %s", bucket, key, exc)
+            finally:
+                self._release_syncing(bucket, key)
+
+    async def _sync_one(self, bucket: str, key: str, version: str | None) -> None:
+        stored = await self._store_s3(bucket, key, version)
+        changed: list[FunctionConfig] = []
+        async with self._lock:
+            for st in self.functions.values():
+                fn = st.latest
+                o = fn.s3_origin
+                if not o or o.get("bucket") != bucket or o.get("key") != key or fn.hot_reload_path:
+                    continue
+                if fn.code_id == stored.code_id:
+                    continue
+                new = attrs.evolve(
+                    fn, code_id=stored.code_id, code_sha256=stored.sha256_b64, code_size=stored.size,
+                    s3_origin={**o, "version": version}, revision_id=_new_revision(),
+                    last_modified=aws_timestamp(),
+                )
+                await self._commit([Put("functions", _fn_key(new), new.to_json())])
+                st.latest = new
+                changed.append(new)
+        for new in changed:
+            log.info("function %s: code reloaded from s3://%s/%s", new.name, bucket, key)
+            self._changed(new, LATEST)
 
     def _hot_reload_path(self, raw: str) -> str:
         """The directory a hot-reload function mounts, checked against the allow-list *after*

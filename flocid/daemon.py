@@ -209,6 +209,10 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                 # save their snapshot once no request can reach them any more.
                 services = create_services_app(settings)
                 await root.start(services.serve)
+                control.s3 = services
+                services.on_s3_object_changed.append(
+                    lambda ev: control.s3_object_changed(ev.bucket, ev.key, ev.version))
+                await root.start(control.serve_s3_sync)
                 app = Gateway(create_app(control, invoker), url_app=create_url_app(control, invoker),
                               services_app=services)
                 shutdown = trio.Event()

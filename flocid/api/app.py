@@ -330,6 +330,8 @@ def create_app(control: ControlPlane, invoker: Invoker | None = None) -> QuartTr
                 "constraint: Member must satisfy enum value set: [None, Tail]"
             )
         ref = control.ref(c, name, request.args.get("Qualifier"), invoke=True)
+        # An upload of this function's S3 object may be being applied: the next invoke runs the new code.
+        await control.wait_synced(ref.region, ref.account, ref.name)
         _st, fn, alias = control.resolve(ref, latest_suffix=True)
         if alias is not None and alias.routing:
             # Weighted routing: the additional version gets its weight, the primary the rest.
