@@ -34,6 +34,7 @@ from flocid.config import Settings
 from flocid.control import ControlPlane
 from flocid.gateway import Gateway
 from flocid.services import create_services_app
+from flocid.services.function_logs import FunctionLogs
 from flocid.state.codestore import CodeStore
 from flocid.state.store import Store, StoreError
 from flocid.urls import create_url_app
@@ -200,19 +201,21 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
     try:
         with trio.CancelScope() as scope:
             async with open_executor(settings) as executor, trio.open_nursery() as root:
-                invoker = None
-                if executor is not None:
-                    invoker = await _start_invoker(root, settings, executor, control)
-                if executor is not None:
-                    await _start_dns(root, settings, executor)
-                # Companion services start before the API: on a stop they are cancelled after it and
-                # save their snapshot once no request can reach them any more.
+                # Companion services start before the API: on a stop they are cancelled with it and save
+                # their snapshot once no request can reach them any more.
                 services = create_services_app(settings)
                 await root.start(services.serve)
                 control.s3 = services
                 services.on_s3_object_changed.append(
                     lambda ev: control.s3_object_changed(ev.bucket, ev.key, ev.version))
                 await root.start(control.serve_s3_sync)
+                function_logs = FunctionLogs(services)
+                await root.start(function_logs.serve)
+                invoker = None
+                if executor is not None:
+                    invoker = await _start_invoker(root, settings, executor, control, function_logs)
+                if executor is not None:
+                    await _start_dns(root, settings, executor)
                 app = Gateway(create_app(control, invoker), url_app=create_url_app(control, invoker),
                               services_app=services)
                 shutdown = trio.Event()
@@ -246,7 +249,8 @@ async def _start_dns(root: trio.Nursery, settings: Settings, executor: Any) -> N
     executor.dns_servers = [bridge]
 
 
-async def _start_invoker(root: trio.Nursery, settings: Settings, executor: Any, control: ControlPlane) -> Any:
+async def _start_invoker(root: trio.Nursery, settings: Settings, executor: Any, control: ControlPlane,
+                         function_logs: FunctionLogs) -> Any:
     from flocid.executors.base import ExecutorUnavailable
     from flocid.invoke.service import InvokeService
 
@@ -256,7 +260,7 @@ async def _start_invoker(root: trio.Nursery, settings: Settings, executor: Any, 
         log.warning("%s; invocations will fail until it is reachable", exc)
     invoker = InvokeService(
         settings, executor, code_dir_for=control.code.path,
-        reserved_for=control.reserved_for, reserved_total=control.reserved_total,
+        reserved_for=control.reserved_for, reserved_total=control.reserved_total, log_sink=function_logs,
     )
     await root.start(invoker.serve)
     control.on_change.append(invoker.drain)

@@ -101,11 +101,10 @@ class ProcessEnvironment:
         if line.endswith(b"\r"):
             line = line[:-1]
         try:
-            self._send.send_nowait(line)
+            # Backpressure, not loss: the invoke layer always reads this channel; while it catches
+            # up the pipe fills and the runtime waits, as it would on a slow Docker log stream.
+            await self._send.send(line)
             self.lines_emitted += 1
-        except trio.WouldBlock:
-            # Nobody reads fast enough: drop rather than block the runtime's pipe forever.
-            pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 

@@ -41,6 +41,8 @@ class WarmEnvironment:
     busy: bool = False
     invocations: int = 0
     exit_status: int | None = None
+    #: The CloudWatch Logs stream of this environment (``AWS_LAMBDA_LOG_STREAM_NAME``).
+    log_stream: str = ""
     #: Output lines of the current invocation, when its caller asked for the tail.
     capture: list[bytes] | None = None
     #: Output lines consumed so far, and an event set on the next one (tail settling).

@@ -129,14 +129,16 @@ class InvokeService:
         code_dir_for: Callable[[str], Path],
         reserved_for: Callable[[str, str, str], int | None],
         reserved_total: Callable[[str, str], int],
-        on_output: Callable[[FunctionConfig, bytes], None] | None = None,
+        log_sink: Callable[[FunctionConfig, str, bytes], None] | None = None,
     ) -> None:
         self._settings = settings
         self._executor = executor
         self._code_dir_for = code_dir_for
         self._reserved_for = reserved_for
         self._reserved_total = reserved_total
-        self._on_output = on_output
+        #: Receives (function, log stream, line) for every line of the function's log: START, its
+        #: output, END, REPORT (CloudWatch Logs). Called on the trio thread; must not block.
+        self._log_sink = log_sink
         self._limits = ConcurrencyLimits(settings.region_concurrency_limit)
         self._pool: WarmPool[WarmEnvironment] = WarmPool(
             max_idle_per_function=max(4, os.cpu_count() or 1),
@@ -348,6 +350,9 @@ class InvokeService:
         server = env.server
         reusable = False
         error: str | None
+        sink = self._log_sink
+        if sink is not None:
+            sink(fn, env.log_stream, logs.start_line(request_id, fn.version))
         try:
             server.submit(inv)
             if not progress.is_set():
@@ -393,6 +398,9 @@ class InvokeService:
         log_result = None
         if tail:
             log_result = await self._tail(env, fn, inv, cold, handoff_at[0], ended_at, capture or [])
+        if sink is not None and self._nursery is not None:
+            # END and REPORT (with the memory reading) off the response's path.
+            self._nursery.start_soon(self._log_end, env, fn, inv, cold, handoff_at[0], ended_at)
         if reusable:
             for stale in self._pool.release(env):
                 stale.retire()
@@ -414,6 +422,29 @@ class InvokeService:
         status = outcome.exit_status if kind is OutcomeKind.EXITED else env.exit_status
         return 200, _error_doc("Runtime.ExitError", f"RequestId: {request_id} Error: {_exit_reason(status)}"), "Unhandled", False
 
+    async def _log_end(self, env: WarmEnvironment, fn: FunctionConfig, inv: Invocation, cold: bool,
+                       handoff_at: float, ended_at: float) -> None:
+        sink = self._log_sink
+        assert sink is not None
+        report = await self._report(env, fn, inv, cold, handoff_at, ended_at)
+        sink(fn, env.log_stream, logs.end_line(inv.request_id))
+        sink(fn, env.log_stream, report)
+
+    async def _report(self, env: WarmEnvironment, fn: FunctionConfig, inv: Invocation, cold: bool,
+                      handoff_at: float, ended_at: float) -> bytes:
+        duration = max(0.0, (ended_at - handoff_at) * 1000.0) if inv.handed_off else 0.0
+        init = (handoff_at - env.started_at) * 1000.0 if cold and inv.handed_off else None
+        peak = None
+        try:
+            with trio.move_on_after(1.0):
+                peak = await env.handle.memory_peak_mb()
+        except Exception:
+            peak = None
+        return logs.report_line(
+            inv.request_id, duration_ms=duration, memory_size_mb=fn.memory_size,
+            max_memory_used_mb=peak, init_duration_ms=init,
+        )
+
     async def _tail(
         self,
         env: WarmEnvironment,
@@ -424,21 +455,7 @@ class InvokeService:
         ended_at: float,
         lines: list[bytes],
     ) -> str:
-        duration = max(0.0, (ended_at - handoff_at) * 1000.0) if inv.handed_off else 0.0
-        init = (handoff_at - env.started_at) * 1000.0 if cold and inv.handed_off else None
-        peak = None
-        try:
-            with trio.move_on_after(1.0):
-                peak = await env.handle.memory_peak_mb()
-        except Exception:
-            peak = None
-        report = logs.report_line(
-            inv.request_id,
-            duration_ms=duration,
-            memory_size_mb=fn.memory_size,
-            max_memory_used_mb=peak,
-            init_duration_ms=init,
-        )
+        report = await self._report(env, fn, inv, cold, handoff_at, ended_at)
         return logs.tail(
             [logs.start_line(inv.request_id, fn.version), *lines, logs.end_line(inv.request_id), report]
         )
@@ -544,6 +561,7 @@ class InvokeService:
                 server=server,
                 handle=handle,
                 started_at=started_at,
+                log_stream=spec.env.get("AWS_LAMBDA_LOG_STREAM_NAME", ""),
             )
             self._envs.add(env)
             created.append(env)
@@ -584,7 +602,7 @@ class InvokeService:
         env.retire()
 
     async def _pump_output(self, env: WarmEnvironment) -> None:
-        on_output = self._on_output
+        sink = self._log_sink
         async for line in env.handle.output:
             env.lines_seen += 1
             capture = env.capture
@@ -592,8 +610,8 @@ class InvokeService:
                 capture.append(line)
                 if env.new_line is not None:
                     env.new_line.set()
-            if on_output is not None:
-                on_output(env.fn, line)
+            if sink is not None:
+                sink(env.fn, env.log_stream, line)
 
     async def _retire(self, env: WarmEnvironment) -> None:
         env.retire()

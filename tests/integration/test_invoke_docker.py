@@ -399,3 +399,26 @@ async def test_aws_config_path_is_mounted_read_only(tmp_path: Path, nursery: tri
         assert "AKIAFROMFILE" in body["creds"] and body["key"] is None and body["writable"] is False
     finally:
         d.stop()
+
+
+async def test_function_logs_on_docker_keep_bursts_and_long_lines(daws: Aws, ddaemon: Daemon) -> None:
+    from tests.conftest import _Async, client
+
+    code = make_zip({"index.py": (
+        "def handler(event, context):\n"
+        "    for i in range(3000):\n"
+        "        print('line', i)\n"
+        "    print('L' * 40000)\n"
+        "    return 1\n")})
+    await create(daws, "burst", code)
+    await invoke(daws, "burst", {})
+    logs = _Async(client(ddaemon.url, service="logs"))
+    with trio.fail_after(30):
+        while True:
+            await ddaemon.invoker._log_sink.flush()
+            found = await logs.filter_log_events(logGroupName="/aws/lambda/burst")
+            messages = [e["message"] for e in found["events"]]
+            if any(m.startswith("REPORT RequestId: ") for m in messages) and "L" * 40000 in messages:
+                break
+            await trio.sleep(0.05)
+    assert [m for m in messages if m.startswith("line ")] == [f"line {i}" for i in range(3000)]

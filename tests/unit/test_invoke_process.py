@@ -113,7 +113,7 @@ async def start(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Callable
             Settings(**base), ProcessExecutor(),
             code_dir_for=lambda cid: tmp_path / "code" / cid,
             reserved_for=h.reserved_for, reserved_total=h.reserved_total,
-            on_output=lambda fn, line: h.outputs.append(line),
+            log_sink=lambda fn, stream, line: h.outputs.append(line),
         )
         scope = trio.CancelScope()
         scopes.append(scope)
@@ -254,8 +254,13 @@ async def test_tail_log(start: Any) -> None:
     assert chatty.log_result is not None
     raw = base64.b64decode(chatty.log_result)
     assert len(raw) == 4096 and raw.rstrip(b"\n").split(b"\n")[-1].startswith(b"REPORT")
-    # Output also went to the on_output hook.
+    # The log sink (CloudWatch Logs) got the output, and START/END/REPORT for every invocation.
     assert b"handling 1" in h.outputs
+    with trio.fail_after(5):
+        while sum(line.startswith(b"REPORT RequestId: ") for line in h.outputs) < 4:
+            await trio.testing.wait_all_tasks_blocked(0.01)
+    assert sum(line.startswith(b"START RequestId: ") for line in h.outputs) == 4
+    assert sum(line.startswith(b"END RequestId: ") for line in h.outputs) == 4
 
 
 async def test_environment_variables_and_context(start: Any) -> None:
