@@ -422,3 +422,30 @@ async def test_function_logs_on_docker_keep_bursts_and_long_lines(daws: Aws, dda
                 break
             await trio.sleep(0.05)
     assert [m for m in messages if m.startswith("line ")] == [f"line {i}" for i in range(3000)]
+
+
+async def test_boto3_in_a_function_uses_virtual_hosted_s3_through_the_dns_responder(
+        daws: Aws, ddaemon: Daemon) -> None:
+    from tests.conftest import _Async, client
+
+    if not ddaemon.invoker._executor.dns_servers:
+        pytest.fail("the DNS responder did not start (port 53 on the Docker bridge taken?)")
+    s3 = _Async(client(ddaemon.url, service="s3"))
+    await s3.create_bucket(Bucket="vhost-bucket")
+    await s3.put_object(Bucket="vhost-bucket", Key="hello.txt", Body=b"hello from s3")
+    port = ddaemon.url.rsplit(":", 1)[1]
+    code = make_zip({"index.py": (
+        "import boto3, botocore.config\n"
+        "def handler(event, context):\n"
+        f"    s3 = boto3.client('s3', endpoint_url='http://s3.localhost.floci.io:{port}',\n"
+        "                      config=botocore.config.Config(s3={'addressing_style': 'virtual'}))\n"
+        "    seen = []\n"
+        "    s3.meta.events.register('before-send.s3.GetObject', lambda request, **kw: seen.append(request.url))\n"
+        "    body = s3.get_object(Bucket='vhost-bucket', Key='hello.txt')['Body'].read().decode()\n"
+        "    return {'body': body, 'url': seen[0]}\n"
+    )})
+    await create(daws, "vhost", code)
+    out, body = await invoke(daws, "vhost", {})
+    assert "FunctionError" not in out, body
+    assert body["body"] == "hello from s3"
+    assert body["url"].startswith(f"http://vhost-bucket.s3.localhost.floci.io:{port}/"), body["url"]
