@@ -109,10 +109,11 @@ def virtual_host_bucket(host: str, extra_bases: Iterable[str] = ()) -> tuple[str
             bucket = name[: -len(base) - 1]
             if bucket.endswith(".s3"):  # my-bucket.s3.localhost.floci.io
                 bucket = bucket[:-3]
-                base = "s3." + base
             if not bucket or bucket == "s3":
                 return None
-            return bucket, base + suffix
+            # moto must see a host it takes for path style: any *.localhost.floci.io name would be
+            # read as one more virtual host (bucket "s3"), plain localhost never is.
+            return bucket, "localhost" + suffix
     return None
 
 
