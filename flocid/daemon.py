@@ -30,6 +30,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.config import Sockets
 
 from flocid.api.app import create_app
+from flocid.api.invoke import InvokeApp
 from flocid.config import Settings
 from flocid.control import ControlPlane
 from flocid.gateway import Gateway
@@ -216,8 +217,8 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                     invoker = await _start_invoker(root, settings, executor, control, function_logs)
                 if executor is not None:
                     await _start_dns(root, settings, executor)
-                app = Gateway(create_app(control, invoker), url_app=create_url_app(control, invoker),
-                              services_app=services)
+                app = Gateway(create_app(control), invoke_app=InvokeApp(control, invoker),
+                              url_app=create_url_app(control, invoker), services_app=services)
                 shutdown = trio.Event()
                 root.start_soon(_stop_gracefully, shutdown, app, invoker, root)
                 binds = await root.start(serve_api, app, sockets)

@@ -1,5 +1,6 @@
 """The front door at :4566: decides, per request, which application answers it.
 
+    Invoke         ``POST /2015-03-31/functions/<f>/invocations``: the bare ASGI hot path
     function URL   Host ``<url-id>.lambda-url.<region>.<anything>`` or path ``/lambda-url/<url-id>/...``
     Lambda API     SigV4 scope service ``lambda``, or an unsigned request on a Lambda API path
     companions     everything else (S3, SQS, Kinesis, DynamoDB, CloudWatch Logs) when present
@@ -25,6 +26,7 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 _SCOPE_SERVICE = re.compile(rb"Credential=[^/,\s]+/\d{8}/[a-z0-9-]+/([a-z0-9-]+)/")
 _LAMBDA_PATH = re.compile(r"^/(2015-03-31|2016-08-19|2017-03-31|2017-10-31|2018-10-31|2019-09-25|2019-09-30|"
                           r"2020-04-22|2020-06-30|2021-10-31|2014-11-13|2021-11-15)/|^/_flocid/")
+_INVOKE_PATH = re.compile(r"^/2015-03-31/functions/[^/]+/invocations/?$")
 _URL_HOST = re.compile(r"^([a-z0-9]{32})\.lambda-url\.[a-z0-9-]+\.")
 _URL_PATH = re.compile(r"^/lambda-url/([a-z0-9]{32})(/.*)?$")
 
@@ -61,9 +63,10 @@ def service_of(scope: Scope) -> str | None:
 
 
 class Gateway:
-    def __init__(self, lambda_app: ASGIApp, *, url_app: ASGIApp | None = None,
-                 services_app: ASGIApp | None = None) -> None:
+    def __init__(self, lambda_app: ASGIApp, *, invoke_app: ASGIApp | None = None,
+                 url_app: ASGIApp | None = None, services_app: ASGIApp | None = None) -> None:
         self.lambda_app = lambda_app
+        self.invoke_app = invoke_app
         self.url_app = url_app
         self.services_app = services_app
         #: HTTP requests being answered right now (an idle keep-alive connection is not one).
@@ -81,6 +84,9 @@ class Gateway:
         if self.url_app is not None and url_id_of(scope) is not None:
             return self.url_app
         service = service_of(scope)
+        if (self.invoke_app is not None and service in (None, "lambda") and scope.get("method") == "POST"
+                and _INVOKE_PATH.match(scope.get("path") or "")):
+            return self.invoke_app  # the hot path, without the framework
         if service == "lambda":
             return self.lambda_app
         if service is None and _LAMBDA_PATH.match(scope.get("path") or ""):

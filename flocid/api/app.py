@@ -11,38 +11,31 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from flocid.api.invoke import ctx_from_authorization
 from flocid.control import ControlPlane, Ctx
 from flocid.lambda_.errors import (
-    InvalidParameterValue,
     InvalidRequestContent,
     LambdaError,
     RequestTooLarge,
-    ResourceConflict,
     ServiceError,
     UnknownOperation,
     ValidationError,
 )
-from flocid.lambda_.models import LATEST, FunctionConfig
 
 log = logging.getLogger("flocid.api")
 
-_CRED_RE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([a-z0-9-]+)/")
 # CreateFunction requests may carry a 50 MiB zip base64-encoded; AWS's own cap (peers.md 1.10 item 34).
 MAX_REQUEST_BYTES = 70167211
 
 
-class Invoker(Protocol):
-    async def invoke(self, fn: FunctionConfig, payload: bytes, *, invocation_type: str = ...,
-                     log_type: str | None = ..., client_context: str | None = ...) -> Any: ...
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -67,15 +60,7 @@ def render_error(exc: LambdaError) -> Response:
 
 
 def ctx_of(default_region: str, default_account: str) -> Ctx:
-    auth = request.headers.get("Authorization", "")
-    m = _CRED_RE.search(auth)
-    region, account = default_region, default_account
-    if m:
-        region = m.group(2)
-        key = m.group(1)
-        if key.isdigit() and len(key) == 12:
-            account = key
-    return Ctx(region=region, account=account)
+    return ctx_from_authorization(request.headers.get("Authorization", ""), default_region, default_account)
 
 
 async def _body() -> Any:
@@ -101,7 +86,7 @@ def _max_items() -> int | None:
         ) from exc
 
 
-def create_app(control: ControlPlane, invoker: Invoker | None = None) -> QuartTrio:
+def create_app(control: ControlPlane) -> QuartTrio:
     app = QuartTrio("flocid")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.config["BODY_TIMEOUT"] = 300
@@ -311,79 +296,5 @@ def create_app(control: ControlPlane, invoker: Invoker | None = None) -> QuartTr
             },
             "AccountUsage": {"TotalCodeSize": total, "FunctionCount": n},
         })
-
-    # ---- invoke ------------------------------------------------------------------------------
-
-    @app.post("/2015-03-31/functions/<name>/invocations")
-    async def invoke(name: str) -> Response:
-        c = ctx()
-        itype = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
-        if itype not in ("RequestResponse", "Event", "DryRun"):
-            raise ValidationError(
-                f"1 validation error detected: Value '{itype}' at 'invocationType' failed to satisfy "
-                "constraint: Member must satisfy enum value set: [Event, RequestResponse, DryRun]"
-            )
-        log_type = request.headers.get("X-Amz-Log-Type")
-        if log_type not in (None, "None", "Tail"):
-            raise ValidationError(
-                f"1 validation error detected: Value '{log_type}' at 'logType' failed to satisfy "
-                "constraint: Member must satisfy enum value set: [None, Tail]"
-            )
-        ref = control.ref(c, name, request.args.get("Qualifier"), invoke=True)
-        # An upload of this function's S3 object may be being applied: the next invoke runs the new code.
-        await control.wait_synced(ref.region, ref.account, ref.name)
-        _st, fn, alias = control.resolve(ref, latest_suffix=True)
-        if alias is not None and alias.routing:
-            # Weighted routing: the additional version gets its weight, the primary the rest.
-            (extra, weight), = alias.routing.items()
-            if random.random() < weight:
-                fn = _st.versions[extra]
-        if fn.state != "Active":
-            raise ResourceConflict(
-                "The operation cannot be performed at this time. The function is currently in the "
-                f"following state: {fn.state}"
-            )
-        payload = await request.get_data(cache=False, as_text=False)
-        assert isinstance(payload, bytes)
-        limit = 1048576 if itype == "Event" else 6291456
-        if len(payload) > limit:
-            raise RequestTooLarge(
-                f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
-            )
-        if payload:
-            try:
-                json.loads(payload)
-            except UnicodeDecodeError as exc:
-                raise InvalidRequestContent(
-                    "Could not parse request body into json: Could not parse payload into json: "
-                    f"Invalid UTF-8 start byte 0x{payload[exc.start]:02x}"
-                ) from exc
-            except ValueError as exc:
-                raise InvalidRequestContent(
-                    f"Could not parse request body into json: Could not parse payload into json: {exc}"
-                ) from exc
-        if itype == "DryRun":
-            resp = _empty(204)
-            resp.headers["X-Amz-Executed-Version"] = fn.version
-            return resp
-        if invoker is None:
-            raise InvalidParameterValue(
-                "flocid runs without an executor: invocations are disabled (start it with Docker available "
-                "or set FLOCI_SERVICES_LAMBDA_EXECUTOR=process)"
-            )
-        result = await invoker.invoke(
-            fn, payload, invocation_type=itype, log_type=log_type,
-            client_context=request.headers.get("X-Amz-Client-Context"),
-        )
-        resp = Response(result.payload, status=result.status,
-                        content_type="application/json" if result.payload else None)
-        resp.headers["X-Amz-Request-Id"] = result.request_id
-        resp.headers["x-amzn-RequestId"] = result.request_id
-        resp.headers["X-Amz-Executed-Version"] = result.executed_version or LATEST
-        if result.function_error:
-            resp.headers["X-Amz-Function-Error"] = result.function_error
-        if result.log_result:
-            resp.headers["X-Amz-Log-Result"] = result.log_result
-        return resp
 
     return app

@@ -432,7 +432,8 @@ class DockerEnvironment:
         read, well under a millisecond. Else Docker's stats API (``memory_stats.max_usage``,
         cgroup v1 only; tens of ms). None when neither knows.
         """
-        peak = await trio.to_thread.run_sync(_cgroup_peak, self._id)
+        # An in-memory sysfs file: read inline (a thread hop would cost more than the read).
+        peak = _cgroup_peak(self._id)
         if peak:
             return _mb(peak)
         ex = self._executor

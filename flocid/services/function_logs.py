@@ -26,6 +26,7 @@ log = logging.getLogger("flocid.logs")
 
 QUEUE_LINES = 100_000
 BATCH_LINES = 5_000
+LINGER_SECONDS = 0.05
 #: CloudWatch Logs' own cap on one event's message (bytes); longer lines are split.
 MAX_MESSAGE = 256 * 1024 - 26
 
@@ -68,11 +69,10 @@ class FunctionLogs:
         task_status.started()
         async for first in self._receive:
             batch = [first]
-            while len(batch) < BATCH_LINES:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            # Linger a moment so one trip to the moto thread carries many invocations' lines.
+            with trio.move_on_after(LINGER_SECONDS):
+                while len(batch) < BATCH_LINES:
+                    batch.append(await self._receive.receive())
             try:
                 await self._services._run(_write, batch)
             except Exception:

@@ -124,7 +124,7 @@ class Front:
 async def front(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Front]:
     d: Daemon = await nursery.start(run_daemon, settings_for(tmp_path, executor="process"))
     sockets, port = open_api_sockets(settings_for(tmp_path / "front"))
-    app = Gateway(create_app(d.control, d.invoker), url_app=create_url_app(d.control, d.invoker))
+    app = Gateway(create_app(d.control), url_app=create_url_app(d.control, d.invoker))
     scope = trio.CancelScope()
 
     async def serve(task_status: trio.TaskStatus[None]) -> None:

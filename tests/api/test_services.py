@@ -83,7 +83,7 @@ async def run_stack(settings: Settings, *, task_status: trio.TaskStatus[Stack]) 
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as root:
                 await root.start(services.serve)
-                app = Gateway(create_app(control, None), services_app=services)
+                app = Gateway(create_app(control), services_app=services)
                 binds = await root.start(serve_api, app, sockets)
                 task_status.started(Stack(binds[0], services, scope, done))
     finally:

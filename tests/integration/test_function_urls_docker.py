@@ -59,7 +59,7 @@ async def front(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[tuple[Aw
         tmp_path, executor="docker", ecr_base_uri="flocid.local", listen_docker_bridge=True,
     ))
     sockets, port = open_api_sockets(settings_for(tmp_path / "front"))
-    app = Gateway(create_app(d.control, d.invoker), url_app=create_url_app(d.control, d.invoker))
+    app = Gateway(create_app(d.control), url_app=create_url_app(d.control, d.invoker))
     scope = trio.CancelScope()
 
     async def serve(task_status: trio.TaskStatus[None]) -> None:
