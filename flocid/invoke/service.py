@@ -521,6 +521,8 @@ class InvokeService:
         # pull) must retire this environment when it is released.
         epoch = self._pool.epoch(fn.arn, function)
         host = self._executor.bind_host
+        port_reusable = True
+        stopped = False
         try:
             listener, port = await self._ports.open_listener(host)
         except OSError as exc:
@@ -576,15 +578,23 @@ class InvokeService:
                 env.alive = False
                 self._pool.remove(env)
                 server.stopped()
-                with trio.CancelScope(shield=True), trio.move_on_after(STOP_LIMIT_SECONDS):
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_LIMIT_SECONDS) as bound:
                     try:
                         await handle.stop()
+                        stopped = True
                     except Exception:
                         log.exception("stopping environment %s of %s failed", handle.id, fn.arn)
+                if bound.cancelled_caught or not stopped:
+                    # Its runtime may still be alive and would reconnect to whatever listens on this
+                    # port next, taking another environment's invocations: never hand it out again.
+                    log.warning("environment %s of %s did not stop within %.0f s; its Runtime API port "
+                                "%d is retired", handle.id, fn.arn, STOP_LIMIT_SECONDS, port)
+                    port_reusable = False
                 self._envs.discard(env)
                 self._changed.unpark_all()
         finally:
-            self._ports.release(port)
+            if port_reusable:
+                self._ports.release(port)
 
     async def _guard(self, env: WarmEnvironment, fn: Callable[..., object], *args: object) -> None:
         """Run one of an environment's tasks; a failure retires the environment, never the service."""

@@ -362,3 +362,39 @@ async def test_ephemeral_service_stops_after_each_invoke(nursery: trio.Nursery, 
         await svc.invoke(fn, b"{}")
         await svc.wait_until(lambda s: s.environments == 0)
     assert len(executor.started) == 2 and svc.statistics().warm == 0
+
+
+class StuckStopRuntime(FakeRuntime):
+    """A runtime whose container refuses to go away: stop() never returns."""
+
+    async def stop(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_port_of_an_environment_that_would_not_stop_is_never_reused(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    probe = trio.socket.socket()
+    await probe.bind(("127.0.0.1", 0))
+    base = probe.getsockname()[1]
+    probe.close()
+    svc, executor = await _service(nursery, tmp_path, runtime_api_base_port=base, runtime_api_max_port=base)
+    stuck: list[FakeRuntime] = []
+
+    async def start(spec: EnvironmentSpec) -> FakeRuntime:
+        rt = StuckStopRuntime(spec, None, executor)
+        stuck.append(rt)
+        executor.nursery.start_soon(rt.run)
+        return rt
+
+    executor.start = start  # type: ignore[method-assign]
+    fn = _fn()
+    assert (await svc.invoke(fn, b"{}")).status == 200
+    first_port = int(stuck[0].spec.runtime_api.rsplit(":", 1)[1])
+    assert first_port == base
+    svc.drain(fn.region, fn.account, fn.name, None)  # retire it: its stop() hangs past the bound
+    with trio.fail_after(60):
+        await svc.wait_until(lambda st: st.environments == 0)
+    assert (await svc.invoke(fn, b"{}")).status == 200
+    second_port = int(stuck[1].spec.runtime_api.rsplit(":", 1)[1])
+    assert second_port != first_port, "a port whose container may still run must not be handed out again"
