@@ -449,3 +449,26 @@ async def test_boto3_in_a_function_uses_virtual_hosted_s3_through_the_dns_respon
     assert "FunctionError" not in out, body
     assert body["body"] == "hello from s3"
     assert body["url"].startswith(f"http://vhost-bucket.s3.localhost.floci.io:{port}/"), body["url"]
+
+
+async def test_reactive_s3_sync_on_docker(daws: Aws, ddaemon: Daemon) -> None:
+    """The seed's four steps with real containers: create from S3, invoke, upload, invoke sees it."""
+    from tests.conftest import _Async, client
+
+    s3 = _Async(client(ddaemon.url, service="s3"))
+    await s3.create_bucket(Bucket="deploy")
+    await s3.put_object(Bucket="deploy", Key="app.zip", Body=py_zip("s3-v1"))
+    await create(daws, "s3sync", Code={"S3Bucket": "deploy", "S3Key": "app.zip"})
+    _, body = await invoke(daws, "s3sync", {})
+    assert body["tag"] == "s3-v1" and body["count"] == 1
+    await s3.put_object(Bucket="deploy", Key="app.zip", Body=py_zip("s3-v2"))
+    _, body = await invoke(daws, "s3sync", {})
+    assert body["tag"] == "s3-v2" and body["count"] == 1, "new code, in a fresh container"
+    # A multipart upload of the key counts too.
+    mp = await s3.create_multipart_upload(Bucket="deploy", Key="app.zip")
+    part = await s3.upload_part(Bucket="deploy", Key="app.zip", UploadId=mp["UploadId"], PartNumber=1,
+                                Body=py_zip("s3-v3"))
+    await s3.complete_multipart_upload(Bucket="deploy", Key="app.zip", UploadId=mp["UploadId"],
+                                       MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    _, body = await invoke(daws, "s3sync", {})
+    assert body["tag"] == "s3-v3"
