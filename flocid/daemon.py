@@ -120,6 +120,10 @@ def _hyper_config(binds: list[str]) -> HyperConfig:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75
+    # hypercorn closes a keep-alive connection after this many requests, and that close races the
+    # last response's final write (its send_eof runs outside the send lock): the 1000th response on a
+    # connection could be lost. SDKs keep connections for thousands of invokes: never close for this.
+    config.keep_alive_max_requests = 2**62
     config.graceful_timeout = 2
     config.h11_max_incomplete_size = 64 * 1024
     return config
