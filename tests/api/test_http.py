@@ -28,7 +28,7 @@ async def test_a_keep_alive_connection_serves_thousands_of_requests(daemon: Daem
                 head, _, rest = buf.partition(b"\r\n\r\n")
                 assert head.startswith(b"HTTP/1.1 200"), head
                 assert b"connection: close" not in head.lower(), f"server closed after {ok + 1} requests"
-                length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+                length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
                 while len(rest) < length:
                     rest += s.recv(65536)
                 ok += 1
