@@ -33,6 +33,9 @@ from flocid.api.app import create_app
 from flocid.api.invoke import InvokeApp
 from flocid.config import Settings
 from flocid.control import ControlPlane
+from flocid.esm.api import register_esm_routes
+from flocid.esm.service import EsmService
+from flocid.esm.store import EsmStore
 from flocid.gateway import Gateway
 from flocid.services import create_services_app
 from flocid.services.function_logs import FunctionLogs
@@ -60,6 +63,7 @@ class Daemon:
     invoker: Any
     cancel_scope: trio.CancelScope
     shutdown: trio.Event
+    esm: Any = None
 
     @property
     def url(self) -> str:
@@ -163,13 +167,15 @@ async def serve_api(app: Any, sockets: Sockets, *,
                        task_status=task_status)
 
 
-async def _stop_gracefully(shutdown: trio.Event, gateway: Gateway, invoker: Any, root: trio.Nursery) -> None:
+async def _stop_gracefully(shutdown: trio.Event, gateway: Gateway, invoker: Any, esm: Any, root: trio.Nursery) -> None:
     """The shutdown tiers: once asked to stop, give requests and invocations in flight (Event ones
     too) up to the grace period, then cancel everything (the invoke layer's teardown of
     containers is shielded and bounded)."""
     await shutdown.wait()
     _sd_notify(b"STOPPING=1")
     with trio.move_on_after(SHUTDOWN_GRACE_SECONDS) as grace:
+        if esm is not None:
+            await esm.drain()  # no new batch starts; batches in flight finish
         await gateway.wait_idle()
         if invoker is not None:
             await invoker.wait_until(lambda stats: stats.in_flight == 0)
@@ -221,15 +227,21 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                     invoker = await _start_invoker(root, settings, executor, control, function_logs)
                 if executor is not None:
                     await _start_dns(root, settings, executor)
-                app = Gateway(create_app(control), invoke_app=InvokeApp(control, invoker),
+                # Event source mappings: one poller per enabled mapping, restarted from the store.
+                esm_store = await trio.to_thread.run_sync(EsmStore, settings.data_dir / "esm.db")
+                esm = EsmService(settings, control, invoker, services, store=esm_store)
+                await root.start(esm.serve)
+                lambda_app = create_app(control)
+                register_esm_routes(lambda_app, esm)
+                app = Gateway(lambda_app, invoke_app=InvokeApp(control, invoker),
                               url_app=create_url_app(control, invoker), services_app=services)
                 shutdown = trio.Event()
-                root.start_soon(_stop_gracefully, shutdown, app, invoker, root)
+                root.start_soon(_stop_gracefully, shutdown, app, invoker, esm, root)
                 binds = await root.start(serve_api, app, sockets)
                 log.info("flocid serving the Lambda API on %s (data dir %s)", ", ".join(binds),
                          settings.data_dir)
                 _sd_notify(b"READY=1")
-                task_status.started(Daemon(settings, binds, control, invoker, scope, shutdown))
+                task_status.started(Daemon(settings, binds, control, invoker, scope, shutdown, esm))
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.close)

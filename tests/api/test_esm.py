@@ -1,0 +1,583 @@
+"""Event source mappings end to end: boto3 through flocid's port, the process executor running real
+awslambdaric handlers, the embedded moto SQS.
+
+Until the lead wires ``EsmService`` into ``flocid.daemon``, the fixture wraps ``create_app`` /
+``create_services_app`` to build it next to the daemon and runs its supervisor beside it.
+Handlers append what they saw to a file; waits re-check it (or the queue) after each poller cycle
+(``EsmService.wait_activity``), under ``fail_after``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from flocid.daemon import Daemon, run_daemon
+from flocid.esm.service import EsmService
+from tests.api.test_functions import expect_error
+from tests.conftest import ROLE, Aws, _Async, client, make_zip, settings_for
+
+pytest.importorskip("awslambdaric", reason="awslambdaric is needed to run real handlers")
+
+ACCOUNT = "000000000000"
+@attrs.define
+class Stack:
+    daemon: Daemon
+    esm: EsmService
+    aws: Aws
+    sqs: Any
+
+
+@contextlib.asynccontextmanager
+async def open_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> AsyncIterator[Stack]:
+    """A daemon as `flocid serve` builds it (ESM included), with a short poll interval."""
+    settings = dict(executor="process", poll_interval_ms=50)
+    settings.update(kw)
+    async with trio.open_nursery() as nursery:
+        d: Daemon = await nursery.start(run_daemon, settings_for(tmp_path, **settings))
+        try:
+            yield Stack(d, d.esm, Aws(d.url), _Async(client(d.url, service="sqs")))
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def wait_for(esm: EsmService, pred: Callable[[], Any], seconds: float = 30) -> None:
+    """Re-check ``pred`` after each poller cycle of the ESM service, under a deadline."""
+    with trio.fail_after(seconds):
+        while not await pred():
+            await esm.wait_activity()
+
+
+def recorder(out: Path, body: str = "") -> bytes:
+    """A handler that appends one JSON line per invocation to ``out``, then runs ``body``."""
+    code = (
+        "import json, os, time\n"
+        f"OUT = {str(out)!r}\n"
+        "def handler(event, context):\n"
+        "    t0 = time.time()\n"
+        "    bodies = [r['body'] for r in event['Records']]\n"
+        "    ids = {r['body']: r['messageId'] for r in event['Records']}\n"
+        f"{body}"
+        "    with open(OUT, 'a') as f:\n"
+        "        f.write(json.dumps({'pid': os.getpid(), 't0': t0, 't1': time.time(), 'bodies': bodies,\n"
+        "                            'rc': [r['attributes']['ApproximateReceiveCount'] for r in event['Records']],\n"
+        "                            'rec': event['Records'][0]}) + '\\n')\n"
+        "    return RESULT(bodies, ids) if 'RESULT' in globals() else None\n"
+    )
+    return make_zip({"index.py": code})
+
+
+def lines(out: Path) -> list[dict[str, Any]]:
+    if not out.exists():
+        return []
+    return [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+
+
+async def make_fn(aws: Aws, name: str, code: bytes, fn_timeout: int = 10) -> str:
+    r = await aws.lambda_.create_function(FunctionName=name, Runtime="python3.13", Role=ROLE,
+                                          Handler="index.handler", Code={"ZipFile": code}, Timeout=fn_timeout)
+    return str(r["FunctionArn"])
+
+
+async def make_queue(sqs: Any, name: str, vt: int = 30, dlq: str | None = None, max_receive: int = 2) -> tuple[str, str]:
+    attrs_ = {"VisibilityTimeout": str(vt)}
+    if dlq is not None:
+        attrs_["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": dlq, "maxReceiveCount": str(max_receive)})
+    url = (await sqs.create_queue(QueueName=name, Attributes=attrs_))["QueueUrl"]
+    return url, f"arn:aws:sqs:us-east-1:{ACCOUNT}:{name}"
+
+
+async def count(sqs: Any, url: str) -> int:
+    a = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))["Attributes"]
+    return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
+
+
+async def send_all(sqs: Any, url: str, bodies: list[str]) -> None:
+    for i in range(0, len(bodies), 10):
+        entries = [{"Id": str(j), "MessageBody": b} for j, b in enumerate(bodies[i:i + 10])]
+        await sqs.send_message_batch(QueueUrl=url, Entries=entries)
+
+
+# ---- CRUD -------------------------------------------------------------------------------------------
+
+
+async def test_crud_shapes_states_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_stack(tmp_path, monkeypatch, executor="none") as s:
+        lam = s.aws.lambda_
+        await make_fn(s.aws, "f", make_zip({"index.py": "def handler(e, c):\n    return 1\n"}))
+        _url, arn = await make_queue(s.sqs, "q1")
+        out = await lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="f")
+        assert out["ResponseMetadata"]["HTTPStatusCode"] == 202
+        assert out["State"] == "Creating"
+        assert out["BatchSize"] == 10 and out["MaximumBatchingWindowInSeconds"] == 0
+        assert out["FunctionResponseTypes"] == [] and out["StateTransitionReason"] == "USER_INITIATED"
+        assert out["FunctionArn"] == f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:f"
+        uid = out["UUID"]
+        assert out["EventSourceMappingArn"] == f"arn:aws:lambda:us-east-1:{ACCOUNT}:event-source-mapping:{uid}"
+        await s.esm.wait_settled(uid)
+        got = await lam.get_event_source_mapping(UUID=uid)
+        assert got["State"] == "Enabled"
+
+        # errors, with AWS's codes and messages
+        await expect_error(lam.create_event_source_mapping(FunctionName="f"), 400,
+                           "InvalidParameterValueException", "Unrecognized event source.")
+        await expect_error(lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="nope"), 400,
+                           "InvalidParameterValueException", "Function does not exist")
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="f"), 409, "ResourceConflictException",
+            f'An event source mapping with SQS arn (" {arn} ") and function (" f ") already exists. Please '
+            f"update or delete the existing mapping with UUID {uid}")
+        _u2, arn2 = await make_queue(s.sqs, "q2")
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=arn2, FunctionName="f", BatchSize=11), 400,
+            "InvalidParameterValueException",
+            "Maximum batch window in seconds must be greater than 0 if maximum batch size is greater than 10")
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=arn2, FunctionName="f",
+                                            FilterCriteria={"Filters": [{"Pattern": "simple string"}]}),
+            400, "InvalidParameterValueException", "Invalid filter pattern definition.")
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=arn2, FunctionName="f",
+                                            DestinationConfig={"OnFailure": {"Destination": arn}}),
+            400, "InvalidParameterValueException",
+            "Unsupported DestinationConfig parameter for given event source mapping type.")
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=arn2, FunctionName="f",
+                                            ScalingConfig={"MaximumConcurrency": 1}),
+            400, "ValidationException")
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=f"arn:aws:sqs:us-east-1:{ACCOUNT}:missing",
+                                            FunctionName="f"),
+            400, "InvalidParameterValueException",
+            "Error occurred while ReceiveMessage. SQS Error Code: AWS.SimpleQueueService.NonExistentQueue. "
+            "SQS Error Message: The specified queue does not exist.")
+        kin = f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/nostream"
+        await expect_error(lam.create_event_source_mapping(EventSourceArn=kin, FunctionName="f"), 400,
+                           "InvalidParameterValueException",
+                           "1 validation error detected: Value null at 'startingPosition' failed to satisfy "
+                           "constraint: Member must not be null.")
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=kin, FunctionName="f", StartingPosition="invalid"),
+            400, "ValidationException",
+            "1 validation error detected: Value 'invalid' at 'startingPosition' failed to satisfy constraint: "
+            "Member must satisfy enum value set: [LATEST, AT_TIMESTAMP, TRIM_HORIZON]")
+        ddb = f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/t/stream/2025-01-01T00:00:00.000"
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=ddb, FunctionName="f", StartingPosition="AT_TIMESTAMP",
+                                            StartingPositionTimestamp=1),
+            400, "InvalidParameterValueException", f"Unsupported starting position for arn type: {ddb}")
+        await expect_error(
+            lam.create_event_source_mapping(EventSourceArn=kin, FunctionName="f", StartingPosition="LATEST"),
+            400, "InvalidParameterValueException", f"Stream not found: {kin}")
+        for op in (lam.get_event_source_mapping, lam.delete_event_source_mapping):
+            await expect_error(op(UUID="00000000-0000-0000-0000-000000000000"), 404,
+                               "ResourceNotFoundException", "The resource you requested does not exist.")
+        await expect_error(lam.update_event_source_mapping(UUID="00000000-0000-0000-0000-000000000000",
+                                                           BatchSize=5),
+                           404, "ResourceNotFoundException", "The resource you requested does not exist.")
+
+        # update: disable, then enable with a window and a bigger batch
+        up = await lam.update_event_source_mapping(UUID=uid, Enabled=False)
+        assert up["ResponseMetadata"]["HTTPStatusCode"] == 202 and up["State"] == "Disabling"
+        await s.esm.wait_settled(uid)
+        assert (await lam.get_event_source_mapping(UUID=uid))["State"] == "Disabled"
+        up = await lam.update_event_source_mapping(UUID=uid, Enabled=True, BatchSize=50,
+                                                   MaximumBatchingWindowInSeconds=1,
+                                                   ScalingConfig={"MaximumConcurrency": 3})
+        assert up["State"] == "Enabling" and up["BatchSize"] == 50
+        assert up["ScalingConfig"] == {"MaximumConcurrency": 3}
+        await s.esm.wait_settled(uid)
+
+        # list: by function, by source, paging
+        second = await lam.create_event_source_mapping(EventSourceArn=arn2, FunctionName="f")
+        by_fn = await lam.list_event_source_mappings(FunctionName="f")
+        assert {m["UUID"] for m in by_fn["EventSourceMappings"]} == {uid, second["UUID"]}
+        by_src = await lam.list_event_source_mappings(EventSourceArn=arn2)
+        assert [m["UUID"] for m in by_src["EventSourceMappings"]] == [second["UUID"]]
+        page = await lam.list_event_source_mappings(MaxItems=1)
+        assert len(page["EventSourceMappings"]) == 1 and "NextMarker" in page
+        rest = await lam.list_event_source_mappings(Marker=page["NextMarker"])
+        assert len(rest["EventSourceMappings"]) == 1 and "NextMarker" not in rest
+
+        gone = await lam.delete_event_source_mapping(UUID=second["UUID"])
+        assert gone["ResponseMetadata"]["HTTPStatusCode"] == 202 and gone["State"] == "Deleting"
+        await s.esm.wait_settled(second["UUID"])
+        await expect_error(lam.get_event_source_mapping(UUID=second["UUID"]), 404, "ResourceNotFoundException")
+
+
+# ---- SQS pollers ----------------------------------------------------------------------------------------
+
+
+async def test_every_message_processed_exactly_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "rec", recorder(out))
+        url, arn = await make_queue(s.sqs, "work")
+        bodies = [f"m{i}" for i in range(250)]
+        await send_all(s.sqs, url, bodies)
+        m = await s.aws.lambda_.create_event_source_mapping(EventSourceArn=arn, FunctionName="rec", BatchSize=10)
+
+        async def drained() -> bool:
+            return await count(s.sqs, url) == 0 and sum(len(x["bodies"]) for x in lines(out)) >= 250
+
+        await wait_for(s.esm, drained, 60)
+        seen = [b for x in lines(out) for b in x["bodies"]]
+        assert sorted(seen) == sorted(bodies)  # each exactly once
+        assert max(len(x["bodies"]) for x in lines(out)) <= 10
+        rec = lines(out)[0]["rec"]
+        assert rec["eventSource"] == "aws:sqs" and rec["eventSourceARN"] == arn and rec["awsRegion"] == "us-east-1"
+        assert set(rec["attributes"]) >= {"ApproximateReceiveCount", "SentTimestamp", "SenderId",
+                                          "ApproximateFirstReceiveTimestamp"}
+        assert {"messageId", "receiptHandle", "md5OfBody", "messageAttributes"} <= set(rec)
+        stats = s.esm.statistics(m["UUID"])
+        assert stats is not None and stats.failed == 0
+
+
+async def test_report_batch_item_failures_leaves_exactly_the_failures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    handler = recorder(out, (
+        "    global RESULT\n"
+        "    RESULT = lambda bodies, ids: {'batchItemFailures': [{'itemIdentifier': ids[b]} for b in bodies "
+        "if b.startswith('bad')]}\n"
+    ))
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "partial", handler)
+        dlq_url, dlq_arn = await make_queue(s.sqs, "partial-dlq")
+        url, arn = await make_queue(s.sqs, "partial-q", vt=1, dlq=dlq_arn, max_receive=2)
+        bodies = [f"bad{i}" if i % 7 == 0 else f"ok{i}" for i in range(40)]
+        await send_all(s.sqs, url, bodies)
+        await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="partial", FunctionResponseTypes=["ReportBatchItemFailures"])
+        bad = sorted(b for b in bodies if b.startswith("bad"))
+
+        async def all_bad_in_dlq() -> bool:
+            return await count(s.sqs, dlq_url) == len(bad) and await count(s.sqs, url) == 0
+
+        await wait_for(s.esm, all_bad_in_dlq, 30)
+        dead: list[str] = []
+        while len(dead) < len(bad):
+            r = await s.sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)
+            dead += [x["Body"] for x in r.get("Messages", [])]
+        assert sorted(dead) == bad
+        seen = [b for x in lines(out) for b in x["bodies"]]
+        assert sorted(b for b in seen if b.startswith("ok")) == sorted(b for b in bodies if b.startswith("ok"))
+        assert sorted(b for b in seen if b.startswith("bad")) == sorted(bad * 2)  # maxReceiveCount 2
+
+
+async def test_errors_and_malformed_responses_send_poison_to_the_dlq(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    handler = recorder(out, (
+        "    global RESULT\n"
+        "    def RESULT(b, i):\n"
+        "        if 'poison' in b:\n"
+        "            raise ValueError('poison')\n"
+        "        return {'batchItemFailures': [{'nope': 1}]} if 'malformed' in b else None\n"
+    ))
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "poison", handler)
+        dlq_url, dlq_arn = await make_queue(s.sqs, "p-dlq")
+        url, arn = await make_queue(s.sqs, "p-q", vt=1, dlq=dlq_arn, max_receive=3)
+        await send_all(s.sqs, url, ["fine", "poison", "malformed"])
+        await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="poison", BatchSize=1, FunctionResponseTypes=["ReportBatchItemFailures"])
+
+        async def settled() -> bool:
+            return await count(s.sqs, dlq_url) == 2 and await count(s.sqs, url) == 0
+
+        await wait_for(s.esm, settled, 30)
+        r = await s.sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)
+        assert sorted(x["Body"] for x in r["Messages"]) == ["malformed", "poison"]
+        seen = [(b, rc) for x in lines(out) for b, rc in zip(x["bodies"], x["rc"], strict=True)]
+        assert [rc for b, rc in seen if b == "fine"] == ["1"]
+        assert sorted(rc for b, rc in seen if b == "poison") == ["1", "2", "3"]
+        assert sorted(rc for b, rc in seen if b == "malformed") == ["1", "2", "3"]
+
+
+async def test_maximum_concurrency_is_observed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    handler = recorder(out, "    time.sleep(0.3)\n")
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "slow", handler)
+        url, arn = await make_queue(s.sqs, "slow-q")
+        await send_all(s.sqs, url, [f"s{i}" for i in range(24)])
+        m = await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="slow", BatchSize=1, ScalingConfig={"MaximumConcurrency": 3})
+
+        async def done() -> bool:
+            return len(lines(out)) >= 24 and await count(s.sqs, url) == 0
+
+        await wait_for(s.esm, done, 60)
+        events = sorted([(x["t0"], 1) for x in lines(out)] + [(x["t1"], -1) for x in lines(out)])
+        level = peak = 0
+        for _t, d in events:
+            level += d
+            peak = max(peak, level)
+        assert peak == 3  # parallel batches, never more than MaximumConcurrency
+        stats = s.esm.statistics(m["UUID"])
+        assert stats is not None and stats.max_in_flight == 3
+
+
+async def test_filtered_out_messages_are_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "flt", recorder(out))
+        url, arn = await make_queue(s.sqs, "flt-q")
+        await send_all(s.sqs, url, [json.dumps({"kind": "a", "n": i}) for i in range(5)]
+                       + [json.dumps({"kind": "b"}), "plain text"])
+        await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="flt",
+            FilterCriteria={"Filters": [{"Pattern": json.dumps({"body": {"kind": ["a"], "n": [{"numeric": [">=", 2]}]}})}]})
+
+        async def drained() -> bool:
+            return await count(s.sqs, url) == 0
+
+        await wait_for(s.esm, drained, 30)
+        seen = sorted(json.loads(b)["n"] for x in lines(out) for b in x["bodies"])
+        assert seen == [2, 3, 4]
+
+
+async def test_mappings_survive_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "keep", recorder(out))
+        url, arn = await make_queue(s.sqs, "keep-q")
+        m = await s.aws.lambda_.create_event_source_mapping(EventSourceArn=arn, FunctionName="keep")
+        disabled = await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=(await make_queue(s.sqs, "off-q"))[1], FunctionName="keep", Enabled=False)
+        await s.esm.wait_settled(m["UUID"])
+        await s.esm.wait_settled(disabled["UUID"])
+    async with open_stack(tmp_path, monkeypatch) as s:
+        got = await s.aws.lambda_.get_event_source_mapping(UUID=m["UUID"])
+        assert got["State"] == "Enabled" and got["EventSourceArn"] == arn
+        assert (await s.aws.lambda_.get_event_source_mapping(UUID=disabled["UUID"]))["State"] == "Disabled"
+        assert m["UUID"] in s.esm.pollers and disabled["UUID"] not in s.esm.pollers
+        await send_all(s.sqs, url, ["after-restart"])
+
+        async def seen() -> bool:
+            return any("after-restart" in x["bodies"] for x in lines(out))
+
+        await wait_for(s.esm, seen, 30)
+
+
+async def test_throttles_are_retried_not_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "one", recorder(out, "    time.sleep(0.1)\n"))
+        await s.aws.lambda_.put_function_concurrency(FunctionName="one", ReservedConcurrentExecutions=1)
+        url, arn = await make_queue(s.sqs, "thr-q")
+        bodies = [f"t{i}" for i in range(12)]
+        await send_all(s.sqs, url, bodies)
+        m = await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="one", BatchSize=1, ScalingConfig={"MaximumConcurrency": 3})
+
+        async def done() -> bool:
+            return len(lines(out)) >= 12 and await count(s.sqs, url) == 0
+
+        await wait_for(s.esm, done, 60)
+        assert sorted(b for x in lines(out) for b in x["bodies"]) == sorted(bodies)
+        stats = s.esm.statistics(m["UUID"])
+        assert stats is not None and stats.throttled > 0 and stats.failed == 0
+
+
+# ---- streams ---------------------------------------------------------------------------------------------
+
+KINESIS_HANDLER = (
+    "import base64, json\n"
+    "OUT = {out!r}\n"
+    "def handler(event, context):\n"
+    "    rows = [[r['eventID'].split(':')[0], base64.b64decode(r['kinesis']['data']).decode()]\n"
+    "            for r in event['Records']]\n"
+    "    if any(d == 'boom' for _s, d in rows):\n"
+    "        raise ValueError('boom')\n"
+    "    with open(OUT, 'a') as f:\n"
+    "        f.write(json.dumps({{'rows': rows, 'rec': event['Records'][0]}}) + '\\n')\n"
+)
+
+
+async def test_kinesis_in_order_per_shard_with_durable_checkpoints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "kin.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        kin = _Async(client(s.daemon.url, service="kinesis"))
+        await kin.create_stream(StreamName="st", ShardCount=2)
+        arn = (await kin.describe_stream(StreamName="st"))["StreamDescription"]["StreamARN"]
+        await make_fn(s.aws, "kfn", make_zip({"index.py": KINESIS_HANDLER.format(out=str(out))}))
+        sent: list[str] = []
+        for i in range(30):
+            data = f"{i % 3}-{i}"
+            sent.append(data)
+            await kin.put_record(StreamName="st", Data=data.encode(), PartitionKey=f"pk{i % 3}")
+        m = await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="kfn", StartingPosition="TRIM_HORIZON", BatchSize=4)
+        assert m["BatchSize"] == 4 and m["MaximumRetryAttempts"] == -1 and m["ParallelizationFactor"] == 1
+        assert m["StateTransitionReason"] == "User action"
+
+        def rows() -> list[list[str]]:
+            return [r for x in lines(out) for r in x["rows"]]
+
+        async def all_seen() -> bool:
+            return len(rows()) >= 30
+
+        await wait_for(s.esm, all_seen, 30)
+        assert sorted(d for _s, d in rows()) == sorted(sent)
+        # per partition key (one shard each), in the order sent
+        for pk in "012":
+            assert [d for _s, d in rows() if d.startswith(pk + "-")] == [x for x in sent if x.startswith(pk + "-")]
+        rec = lines(out)[0]["rec"]
+        assert rec["eventSource"] == "aws:kinesis" and rec["eventName"] == "aws:kinesis:record"
+        assert rec["kinesis"]["kinesisSchemaVersion"] == "1.0" and rec["invokeIdentityArn"] == ROLE
+
+        # The supervisor restarts (a daemon restart without losing the in-memory stream): the new
+        # one resumes from the durable checkpoints, so nothing is delivered twice.
+        uid = m["UUID"]
+        await s.aws.lambda_.update_event_source_mapping(UUID=uid, Enabled=False)
+        await s.esm.wait_settled(uid)
+        checkpoints = s.esm.store.checkpoints(uid)
+        assert len(checkpoints) == 2
+        await kin.put_record(StreamName="st", Data=b"after", PartitionKey="pk0")
+        await s.aws.lambda_.update_event_source_mapping(UUID=uid, Enabled=True)
+
+        async def after_seen() -> bool:
+            return any(d == "after" for _s, d in rows())
+
+        await wait_for(s.esm, after_seen, 30)
+        assert len(rows()) == 31
+
+
+async def test_kinesis_failures_go_to_the_on_failure_destination(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "kin.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        kin = _Async(client(s.daemon.url, service="kinesis"))
+        await kin.create_stream(StreamName="fs", ShardCount=1)
+        arn = (await kin.describe_stream(StreamName="fs"))["StreamDescription"]["StreamARN"]
+        dest_url, dest_arn = await make_queue(s.sqs, "kin-failures")
+        await make_fn(s.aws, "kf", make_zip({"index.py": KINESIS_HANDLER.format(out=str(out))}))
+        for data in ("a", "b", "boom", "c"):
+            await kin.put_record(StreamName="fs", Data=data.encode(), PartitionKey="p")
+        await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="kf", StartingPosition="TRIM_HORIZON", BatchSize=10,
+            MaximumRetryAttempts=1, BisectBatchOnFunctionError=True,
+            DestinationConfig={"OnFailure": {"Destination": dest_arn}})
+
+        async def failed_once() -> bool:
+            return await count(s.sqs, dest_url) >= 1 and any(d == "c" for x in lines(out) for _s, d in x["rows"])
+
+        await wait_for(s.esm, failed_once, 30)
+        got = await s.sqs.receive_message(QueueUrl=dest_url, MaxNumberOfMessages=10)
+        assert len(got["Messages"]) == 1
+        doc = json.loads(got["Messages"][0]["Body"])
+        assert doc["requestContext"]["condition"] == "RetryAttemptsExhausted"
+        info = doc["KinesisBatchInfo"]
+        assert info["batchSize"] == 1 and info["streamArn"] == arn  # bisected down to the bad record
+        assert sorted(d for x in lines(out) for _s, d in x["rows"]) == ["a", "b", "c"]
+
+
+DDB_HANDLER = (
+    "import json\n"
+    "OUT = {out!r}\n"
+    "def handler(event, context):\n"
+    "    with open(OUT, 'a') as f:\n"
+    "        for r in event['Records']:\n"
+    "            f.write(json.dumps(r) + '\\n')\n"
+)
+
+
+async def test_dynamodb_stream_records_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "ddb.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        ddb = _Async(client(s.daemon.url, service="dynamodb"))
+        table = await ddb.create_table(
+            TableName="t", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+        arn = table["TableDescription"]["LatestStreamArn"]
+        await make_fn(s.aws, "dfn", make_zip({"index.py": DDB_HANDLER.format(out=str(out))}))
+        await expect_error(
+            s.aws.lambda_.create_event_source_mapping(EventSourceArn=arn, FunctionName="dfn",
+                                                      StartingPosition="AT_TIMESTAMP", StartingPositionTimestamp=1),
+            400, "InvalidParameterValueException", f"Unsupported starting position for arn type: {arn}")
+        m = await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="dfn", StartingPosition="TRIM_HORIZON", BatchSize=2,
+            FilterCriteria={"Filters": [{"Pattern": json.dumps({"eventName": ["INSERT", "MODIFY"]})}]})
+        for i in range(5):
+            await ddb.put_item(TableName="t", Item={"id": {"S": f"k{i}"}, "v": {"N": str(i)}})
+        await ddb.put_item(TableName="t", Item={"id": {"S": "k0"}, "v": {"N": "100"}})
+        await ddb.delete_item(TableName="t", Key={"id": {"S": "k1"}})
+
+        async def seen() -> bool:
+            return len(lines(out)) >= 6
+
+        await wait_for(s.esm, seen, 30)
+        recs = lines(out)
+        assert [r["eventName"] for r in recs] == ["INSERT"] * 5 + ["MODIFY"]  # REMOVE filtered out
+        assert [r["dynamodb"]["Keys"]["id"]["S"] for r in recs] == ["k0", "k1", "k2", "k3", "k4", "k0"]
+        assert recs[-1]["dynamodb"]["OldImage"]["v"]["N"] == "0"
+        assert all(r["eventSourceARN"] == arn and r["eventSource"] == "aws:dynamodb" for r in recs)
+        # A poller restart resumes after the durable checkpoint: only the new change arrives.
+        await s.aws.lambda_.update_event_source_mapping(UUID=m["UUID"], Enabled=False)
+        await s.esm.wait_settled(m["UUID"])
+        await ddb.put_item(TableName="t", Item={"id": {"S": "k9"}, "v": {"N": "9"}})
+        await s.aws.lambda_.update_event_source_mapping(UUID=m["UUID"], Enabled=True)
+
+        async def seen_new() -> bool:
+            return len(lines(out)) >= 7
+
+        await wait_for(s.esm, seen_new, 30)
+        assert [r["dynamodb"]["Keys"]["id"]["S"] for r in lines(out)][6:] == ["k9"]
+
+
+async def test_disable_lets_the_batch_in_flight_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "slow1", recorder(out, "    time.sleep(0.5)\n"))
+        url, arn = await make_queue(s.sqs, "inflight-q")
+        await send_all(s.sqs, url, ["only"])
+        m = await s.aws.lambda_.create_event_source_mapping(EventSourceArn=arn, FunctionName="slow1")
+        uid = m["UUID"]
+
+        async def in_flight() -> bool:
+            st = s.esm.statistics(uid)
+            return st is not None and st.in_flight == 1
+
+        await wait_for(s.esm, in_flight, 30)
+        up = await s.aws.lambda_.update_event_source_mapping(UUID=uid, Enabled=False)
+        assert up["State"] == "Disabling"
+        await s.esm.wait_settled(uid)
+        # The batch finished (the handler wrote its line) and was deleted, not abandoned.
+        assert [x["bodies"] for x in lines(out)] == [["only"]]
+        assert await count(s.sqs, url) == 0
+        assert uid not in s.esm.pollers
+
+
+async def test_fifo_keeps_order_per_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        await make_fn(s.aws, "fifo", recorder(out, "    time.sleep(0.02)\n"))
+        url = (await s.sqs.create_queue(QueueName="q.fifo", Attributes={
+            "FifoQueue": "true", "ContentBasedDeduplication": "true"}))["QueueUrl"]
+        arn = f"arn:aws:sqs:us-east-1:{ACCOUNT}:q.fifo"
+        sent = [(f"g{i % 3}", f"g{i % 3}-{i}") for i in range(30)]
+        for group, body in sent:
+            await s.sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=group)
+        await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="fifo", BatchSize=2, ScalingConfig={"MaximumConcurrency": 3})
+
+        async def done() -> bool:
+            return sum(len(x["bodies"]) for x in lines(out)) >= 30 and await count(s.sqs, url) == 0
+
+        await wait_for(s.esm, done, 60)
+        seen = [b for x in sorted(lines(out), key=lambda x: x["t0"]) for b in x["bodies"]]
+        for g in ("g0", "g1", "g2"):
+            assert [b for b in seen if b.startswith(g + "-")] == [b for gg, b in sent if gg == g]
+        attrs_ = lines(out)[0]["rec"]["attributes"]
+        assert {"MessageGroupId", "SequenceNumber", "MessageDeduplicationId"} <= set(attrs_)
