@@ -12,7 +12,7 @@ import trio
 
 from flocid.daemon import Daemon, run_daemon
 from tests.conftest import ROLE, Aws, _Async, client, make_zip, settings_for
-from tests.integration.test_invoke_docker import _require_docker
+from tests.integration.conftest import require_docker as _require_docker
 
 pytestmark = pytest.mark.docker
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,35 +19,14 @@ from flocid.daemon import Daemon, open_api_sockets, run_daemon, serve_api
 from flocid.gateway import Gateway
 from flocid.urls import create_url_app
 from tests.conftest import ROLE, Aws, make_zip, settings_for
+from tests.integration.conftest import require_docker
 
 pytestmark = pytest.mark.docker
-IN_CI = os.environ.get("CI", "").lower() == "true"
-IMAGES = ("flocid.local/lambda/python:3.13",)
-
-
-def _docker(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
-
-
-def _require_docker() -> None:
-    reason = None
-    if shutil.which("docker") is None:
-        reason = "the docker CLI is not installed"
-    elif _docker("info").returncode != 0:
-        reason = "dockerd is not reachable (run scripts/ensure-docker)"
-    else:
-        missing = [i for i in IMAGES if _docker("image", "inspect", i).returncode != 0]
-        if missing:
-            reason = f"runtime images missing: {', '.join(missing)} (run `flocid images build`)"
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}")
-        pytest.skip(f"integration tier skipped: {reason}")
 
 
 @pytest.fixture(autouse=True)
 def _docker_ready() -> None:
-    _require_docker()
+    require_docker(("flocid.local/lambda/python:3.13",))
 
 
 @pytest.fixture

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,36 +20,14 @@ from botocore.exceptions import ClientError
 
 from flocid.daemon import Daemon, run_daemon
 from tests.conftest import ROLE, Aws, make_zip, settings_for
+from tests.integration.conftest import docker, require_docker
 
 pytestmark = pytest.mark.docker
-IN_CI = os.environ.get("CI", "").lower() == "true"
-IMAGES = ("flocid.local/lambda/python:3.13", "flocid.local/lambda/nodejs:20",
-          "flocid.local/lambda/provided:al2023")
-
-
-def _docker(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
-
-
-def _require_docker() -> None:
-    reason = None
-    if shutil.which("docker") is None:
-        reason = "the docker CLI is not installed"
-    elif _docker("info").returncode != 0:
-        reason = "dockerd is not reachable (run scripts/ensure-docker)"
-    else:
-        missing = [i for i in IMAGES if _docker("image", "inspect", i).returncode != 0]
-        if missing:
-            reason = f"runtime images missing: {', '.join(missing)} (run `flocid images build`)"
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}")
-        pytest.skip(f"integration tier skipped: {reason}")
 
 
 @pytest.fixture(autouse=True)
 def _docker_ready() -> None:
-    _require_docker()
+    require_docker()
 
 
 @pytest.fixture
@@ -274,7 +249,7 @@ async def test_image_function(daws: Aws, tmp_path: Path) -> None:
     (ctx / "Dockerfile").write_text(
         "FROM flocid.local/lambda/python:3.13\nCOPY app.py /opt/app/app.py\nCMD [\"app.nope\"]\n")
     tag = "flocid-test/image-fn:1"
-    built = _docker("build", "-q", "-t", tag, str(ctx))
+    built = docker("build", "-q", "-t", tag, str(ctx))
     assert built.returncode == 0, built.stderr
     try:
         await daws.lambda_.create_function(
@@ -285,7 +260,7 @@ async def test_image_function(daws: Aws, tmp_path: Path) -> None:
         assert out["StatusCode"] == 200 and body == {"image": True, "cwd": "/opt/app"}, body
     finally:
         await daws.lambda_.delete_function(FunctionName="imgfn")
-        _docker("rmi", "-f", tag)
+        docker("rmi", "-f", tag)
 
 
 async def test_image_function_without_its_image_is_pending_then_failed(daws: Aws) -> None:
@@ -345,9 +320,9 @@ async def test_hot_reload_bind_mount(tmp_path: Path, nursery: trio.Nursery) -> N
         await aws.lambda_.update_function_code(FunctionName="hot", ZipFile=py_zip("zip"))
         _, body = await invoke(aws, "hot", {})
         assert body["tag"] == "zip"
-        ids = _docker("ps", "-q", "--filter", "label=flocid.function=hot").stdout.split()
+        ids = docker("ps", "-q", "--filter", "label=flocid.function=hot").stdout.split()
         assert len(ids) == 1
-        mounts = json.loads(_docker("inspect", "--format", "{{json .Mounts}}", ids[0]).stdout)
+        mounts = json.loads(docker("inspect", "--format", "{{json .Mounts}}", ids[0]).stdout)
         assert [m for m in mounts if m.get("Type") == "bind"] == [], mounts
     finally:
         d.stop()

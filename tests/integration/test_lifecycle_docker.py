@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import PY_HANDLER, ROLE, client
 from tests.e2e.test_durability import free_port
-from tests.integration.test_invoke_docker import _docker, _require_docker
+from tests.integration.conftest import docker as _docker
+from tests.integration.conftest import require_docker as _require_docker
 
 pytestmark = pytest.mark.docker
 
