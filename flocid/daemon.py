@@ -1,14 +1,22 @@
-"""The root nursery: everything flocid runs hangs off it, started in order, stopped in reverse.
+"""The root nursery: everything flocid runs hangs off it, started in order, stopped in tiers.
 
     run_daemon
     └── root nursery
         ├── executor (docker: a trio-asyncio loop hosting aiodocker, held open for the daemon's life)
-        ├── invoke service: warm environments (one child nursery each), Event workers, idle reaper
-        └── API server: hypercorn.trio + QuartTrio on 127.0.0.1:<port> (+ the Docker bridge gateway)
+        ├── companion services (moto in a worker thread) and their snapshot on stop
+        ├── S3 code sync (object changed -> reload code, drain $LATEST)
+        ├── function logs writer (batched into the embedded CloudWatch Logs)
+        ├── invoke service: warm environments (one child nursery each: Runtime API server, exit
+        │   watcher, output pump), Event workers, idle reaper
+        ├── DNS responder on the Docker bridge (port 53), given to containers as their resolver
+        ├── ESM supervisor: one poller per enabled event source mapping
+        ├── graceful stop: on SIGTERM, drain ESM batches, requests and invocations (5 s), then cancel
+        └── API server: hypercorn.trio on 127.0.0.1:<port> (+ the Docker bridge gateway), behind the
+            gateway: Invoke (bare ASGI), Lambda API (QuartTrio), function URLs, companion services
 
 Each service follows trio's start protocol, so a port that cannot bind or a data dir that cannot be
-written fails ``run_daemon`` before it reports ready. Cancelling the root scope (SIGTERM, Ctrl-C)
-stops the API first, then drains the environments (shielded, bounded teardown in the invoke layer).
+written fails ``run_daemon`` before it reports ready. Container teardown is shielded and bounded in
+the invoke layer, so cancelling the root leaves no container behind.
 """
 
 from __future__ import annotations
