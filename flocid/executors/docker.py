@@ -400,6 +400,7 @@ class DockerEnvironment:
         send: trio.MemorySendChannel[bytes],
         receive: trio.MemoryReceiveChannel[bytes],
     ) -> None:
+        self._last_peak: int | None = None
         self._executor = executor
         self._id = container_id
         self.name = name
@@ -435,7 +436,11 @@ class DockerEnvironment:
         # An in-memory sysfs file: read inline (a thread hop would cost more than the read).
         peak = _cgroup_peak(self._id)
         if peak:
+            self._last_peak = peak
             return _mb(peak)
+        if self._last_peak:
+            # The container is gone (its cgroup with it): its last reading, not a guess.
+            return _mb(self._last_peak)
         ex = self._executor
         try:
             with trio.fail_after(STOP_TIMEOUT_S):

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from botocore.exceptions import ClientError
 
 from flocid.daemon import Daemon, run_daemon
@@ -447,3 +448,17 @@ async def test_reactive_s3_sync_on_docker(daws: Aws, ddaemon: Daemon) -> None:
                                        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
     _, body = await invoke(daws, "s3sync", {})
     assert body["tag"] == "s3-v3"
+
+
+async def test_report_after_a_crash_shows_a_real_memory_reading(daws: Aws, ddaemon: Daemon) -> None:
+    await create(daws, "memcrash", MemorySize=512)
+    await invoke(daws, "memcrash", {})
+    await ddaemon.invoker._log_sink.flush()  # the first REPORT (and its memory reading) is written
+    with trio.fail_after(10):
+        while not ddaemon.invoker._log_sink.written:
+            await trio.testing.wait_all_tasks_blocked(0.01)
+    out, body = await invoke(daws, "memcrash", {"action": "exit"}, LogType="Tail")
+    assert body["errorType"] == "Runtime.ExitError"
+    report = next(ln for ln in base64.b64decode(out["LogResult"]).decode().splitlines() if ln.startswith("REPORT"))
+    used = int(report.split("Max Memory Used: ")[1].split(" MB")[0])
+    assert 0 < used < 512, report
