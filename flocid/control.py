@@ -237,30 +237,20 @@ class ControlPlane:
                 versions.setdefault(k3, {})[fn.version] = fn
         for k3, fn in latest.items():
             self.functions[k3] = FunctionState(latest=fn, versions=versions.get(k3, {}))
-        for key, body in self.store.rows("function_meta"):
-            st = self.functions.get((key[0], key[1], key[2]))
-            if st is not None:
-                st.next_version = int(body["next_version"])
-        for key, body in self.store.rows("aliases"):
-            st = self.functions.get((key[0], key[1], key[2]))
-            if st is not None:
-                st.aliases[key[3]] = Alias.from_json(body)
-        for key, body in self.store.rows("policies"):
-            st = self.functions.get((key[0], key[1], key[2]))
-            if st is not None:
-                st.policies[key[3]] = body
-        for key, body in self.store.rows("url_configs"):
-            st = self.functions.get((key[0], key[1], key[2]))
-            if st is not None:
-                st.url_configs[key[3]] = UrlConfig.from_json(body)
-        for key, body in self.store.rows("tags"):
-            st = self.functions.get((key[0], key[1], key[2]))
-            if st is not None:
-                st.tags = dict(body)
-        for key, body in self.store.rows("concurrency"):
-            st = self.functions.get((key[0], key[1], key[2]))
-            if st is not None:
-                st.reserved = int(body["reserved"])
+        # Everything else attached to a function: table -> how a row lands on its FunctionState.
+        attach: dict[str, Callable[[FunctionState, tuple[str, ...], Any], None]] = {
+            "function_meta": lambda st, k, b: setattr(st, "next_version", int(b["next_version"])),
+            "aliases": lambda st, k, b: st.aliases.__setitem__(k[3], Alias.from_json(b)),
+            "policies": lambda st, k, b: st.policies.__setitem__(k[3], b),
+            "url_configs": lambda st, k, b: st.url_configs.__setitem__(k[3], UrlConfig.from_json(b)),
+            "tags": lambda st, k, b: setattr(st, "tags", dict(b)),
+            "concurrency": lambda st, k, b: setattr(st, "reserved", int(b["reserved"])),
+        }
+        for table, put in attach.items():
+            for key, body in self.store.rows(table):
+                st = self.functions.get((key[0], key[1], key[2]))
+                if st is not None:
+                    put(st, key, body)
 
     def referenced_code(self) -> set[str]:
         out: set[str] = set()
