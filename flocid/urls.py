@@ -36,9 +36,10 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 
+from flocid.api.invoke import Invoker
 from flocid.control import ControlPlane, FunctionState
 from flocid.gateway import ASGIApp, Receive, Scope, Send, url_id_of
 from flocid.lambda_.errors import LambdaError
@@ -50,11 +51,6 @@ log = logging.getLogger("flocid.urls")
 MAX_REQUEST_BYTES = 6_291_456
 
 Headers = list[tuple[bytes, bytes]]
-
-
-class Invoker(Protocol):
-    async def invoke(self, fn: FunctionConfig, payload: bytes, *, invocation_type: str = ...,
-                     log_type: str | None = ..., client_context: str | None = ...) -> Any: ...
 
 
 # ---- the event (payload format 2.0) ---------------------------------------------------------------
