@@ -6,7 +6,7 @@ An in-process daemon (process executor, real awslambdaric, embedded moto SQS); a
 handler. For each MaximumConcurrency: fill a queue with ``--n`` messages, create the mapping, and
 time until every message was handled and deleted: messages/s, batches, peak batches in flight.
 Filling the queue is slow (moto's SendMessage costs O(queue length) per message); it is not timed.
-Until ``flocid.daemon`` builds the ESM service itself, the bench wraps ``create_app`` as the tests do.
+The daemon is built as ``flocid serve`` builds it (ESM included), with the process executor.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import trio
 
 import flocid.daemon as daemon_mod
 from flocid.config import Settings
-from flocid.esm.api import register_esm_routes
 from flocid.esm.service import EsmService
 
 NOOP = "def handler(event, context):\n    return None\n"
@@ -47,29 +46,12 @@ def _client(url: str, service: str) -> Any:
 
 
 async def run(args: argparse.Namespace) -> None:
-    captured: dict[str, Any] = {}
-    orig_services, orig_app = getattr(daemon_mod, "create_services_app"), getattr(daemon_mod, "create_app")  # noqa: B009
-
-    def services_app(settings: Any) -> Any:
-        captured["services"] = orig_services(settings)
-        return captured["services"]
-
-    def app(control: Any, *rest: Any) -> Any:
-        a = orig_app(control, *rest)
-        captured["esm"] = EsmService(control.settings, control, None, captured["services"])
-        register_esm_routes(a, captured["esm"])
-        return a
-
-    setattr(daemon_mod, "create_services_app", services_app)  # noqa: B010
-    setattr(daemon_mod, "create_app", app)  # noqa: B010
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(port=0, data_dir=Path(tmp) / "data", executor="process", listen_docker_bridge=False,
                             poll_interval_ms=20)
         async with trio.open_nursery() as nursery:
             d = await nursery.start(daemon_mod.run_daemon, settings)
-            esm: EsmService = captured["esm"]
-            esm.invoker = d.invoker
-            await nursery.start(esm.serve)
+            esm: EsmService = d.esm
             lam, sqs = _client(d.url, "lambda"), _client(d.url, "sqs")
             await trio.to_thread.run_sync(lambda: lam.create_function(
                 FunctionName="noop", Runtime="python3.13", Role="arn:aws:iam::000000000000:role/r",
