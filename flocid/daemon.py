@@ -8,11 +8,13 @@
         ├── function logs writer (batched into the embedded CloudWatch Logs)
         ├── invoke service: warm environments (one child nursery each: Runtime API server, exit
         │   watcher, output pump), Event workers, idle reaper
-        ├── DNS responder on the Docker bridge (port 53), given to containers as their resolver
+        ├── DNS responder on the Docker bridge (port 53), or on flocid's own address on its Docker
+        │   network when it runs in a container; given to function containers as their resolver
         ├── ESM supervisor: one poller per enabled event source mapping
         ├── graceful stop: on SIGTERM, drain ESM batches, requests and invocations (5 s), then cancel
-        └── API server: hypercorn.trio on 127.0.0.1:<port> (+ the Docker bridge gateway), behind the
-            gateway: Invoke (bare ASGI), Lambda API (QuartTrio), function URLs, companion services
+        └── API server: hypercorn.trio on 127.0.0.1:<port> (+ where containers connect: the Docker
+            bridge gateway, or flocid's address on its network), behind the gateway: Invoke (bare
+            ASGI), Lambda API (QuartTrio), function URLs, companion services
 
 Each service follows trio's start protocol, so a port that cannot bind or a data dir that cannot be
 written fails ``run_daemon`` before it reports ready. Container teardown is shielded and bounded in
@@ -22,6 +24,7 @@ the invoke layer, so cancelling the root leaves no container behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import logging
@@ -162,6 +165,25 @@ def open_api_sockets(settings: Settings) -> tuple[Sockets, int]:
     return sockets, port
 
 
+def listen_where_containers_connect(sockets: Sockets, settings: Settings, host: str | None) -> None:
+    """Also bind the API on ``host`` (the executor's ``bind_host``: the gateway of a configured
+    network, or flocid's own address when it runs in a container), so ``AWS_ENDPOINT_URL`` answers
+    there; nothing to do when the API listens on every address or already on that one."""
+    if (not host or not settings.listen_docker_bridge or host in ("0.0.0.0", "::")
+            or settings.host not in ("127.0.0.1", "localhost")):
+        return
+    if any(s.getsockname()[0] == host for s in sockets.insecure_sockets):
+        return
+    try:
+        extra = _hyper_config([f"{host}:{settings.port}"]).create_sockets()
+    except OSError as exc:
+        # Not an address here: Docker was unreachable at start, so the executor knows no better.
+        level = logging.DEBUG if exc.errno == errno.EADDRNOTAVAIL else logging.WARNING
+        log.log(level, "cannot listen on %s:%d, where containers connect: %s", host, settings.port, exc)
+    else:
+        sockets.insecure_sockets.extend(extra.insecure_sockets)
+
+
 async def serve_api(app: Any, sockets: Sockets, *,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``app`` on already-bound sockets (hypercorn on trio) until cancelled."""
@@ -234,6 +256,7 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
                 if executor is not None:
                     invoker = await _start_invoker(root, settings, executor, control, function_logs)
                 if executor is not None:
+                    listen_where_containers_connect(sockets, settings, getattr(executor, "bind_host", None))
                     await _start_dns(root, settings, executor)
                 # Event source mappings: one poller per enabled mapping, restarted from the store.
                 esm_store = await trio.to_thread.run_sync(EsmStore, settings.data_dir / "esm.db")
@@ -257,8 +280,11 @@ async def run_daemon(settings: Settings, *, task_status: trio.TaskStatus[Daemon]
 
 async def _start_dns(root: trio.Nursery, settings: Settings, executor: Any) -> None:
     """The embedded DNS responder on the Docker bridge, given to containers as their resolver, so
-    ``*.localhost.floci.io`` (virtual-hosted S3 and the like) reaches flocid from inside them."""
-    bridge = docker_bridge_ip()
+    ``*.localhost.floci.io`` (virtual-hosted S3 and the like) reaches flocid from inside them. When
+    flocid runs in a container there is no bridge in its namespace: the responder listens on (and
+    answers with) flocid's own address on the functions' network, and forwards the rest to its own
+    resolv.conf (Docker's 127.0.0.11 on a user-defined network)."""
+    bridge = getattr(executor, "self_ip", None) or docker_bridge_ip()
     if settings.dns_port == 0 or bridge is None or not hasattr(executor, "dns_servers"):
         return
     from flocid.dns import serve_dns

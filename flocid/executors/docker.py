@@ -17,7 +17,9 @@ What a container gets (Floci's launcher, floci-lambda.md 1.4-1.10):
 - ``HostConfig.Memory`` = MemorySize MB (swap off, like Lambda), Docker's init as PID 1 (fast
   stops), no published ports;
 - labels ``flocid.managed=1`` and ``flocid.instance=<data dir>`` so a restarted daemon reaps the
-  containers of its dead predecessor.
+  containers of its dead predecessor;
+- the network and the address to reach flocid at from ``flocid.executors.placement`` (decided in
+  ``check()``): the configured network, or flocid's own when it runs in a container, else the bridge.
 
 Output: the container's stdout+stderr (Docker's multiplexed log stream) is cut into complete lines
 by the sans-IO ``LogFrameParser`` and sent on the environment's ``output`` channel.
@@ -58,6 +60,14 @@ from flocid.executors.base import (
     EnvironmentSpec,
     ExecutorError,
     ExecutorUnavailable,
+)
+from flocid.executors.placement import (
+    Placement,
+    SelfContainer,
+    confirms,
+    decide_placement,
+    self_container_candidates,
+    self_container_from_inspect,
 )
 from flocid.lambda_.models import FunctionConfig
 
@@ -559,8 +569,11 @@ class DockerExecutor:
         self._nursery = nursery
         self._progress = progress
         self._instance = str(settings.data_dir.resolve())
-        self._gateway = DEFAULT_GATEWAY
-        self._bind_host = DEFAULT_GATEWAY
+        self._placement = Placement(
+            network=settings.docker_network,
+            advertise_host=settings.docker_host_override or DEFAULT_GATEWAY,
+            bind_host=DEFAULT_GATEWAY,
+        )
         self._pull_locks: dict[str, trio.Lock] = {}
         self._use_init = True
         self.code_volume_min_bytes = CODE_VOLUME_MIN_BYTES
@@ -573,11 +586,22 @@ class DockerExecutor:
 
     @property
     def bind_host(self) -> str:
-        return self._bind_host
+        return self._placement.bind_host
 
     @property
     def advertise_host(self) -> str:
-        return self._settings.docker_host_override or self._gateway
+        return self._placement.advertise_host
+
+    @property
+    def network(self) -> str | None:
+        """The Docker network function containers join (None: Docker's default bridge)."""
+        return self._placement.network
+
+    @property
+    def self_ip(self) -> str | None:
+        """flocid's own address on the functions' network when it runs in a container (the API and
+        the DNS responder listen there too); None on the host."""
+        return self._placement.self_ip
 
     @property
     def instance_id(self) -> str:
@@ -633,7 +657,7 @@ class DockerExecutor:
                 spec,
                 image=image,
                 labels=labels,
-                network=self._settings.docker_network,
+                network=self._placement.network,
                 extra_hosts=extra_hosts,
                 init=init,
                 code_volume=code_volume,
@@ -884,6 +908,8 @@ class DockerExecutor:
             raise ExecutorError(f"Docker could not {what} {name}: {_reason(exc)}") from exc
 
     async def _resolve_hosts(self) -> None:
+        """Decide the network of function containers and the address they reach flocid at
+        (``flocid.executors.placement``), and log which network and why."""
         net_name = self._settings.docker_network or "bridge"
         try:
             net = await self._bridge.call(self._docker._query_json, f"networks/{net_name}")
@@ -897,13 +923,39 @@ class DockerExecutor:
                 "could not inspect Docker network %s (%s); assuming %s", net_name, exc, DEFAULT_GATEWAY
             )
             net = {}
-        self._gateway = gateway_of(net) or DEFAULT_GATEWAY
-        # Bind where containers connect. When flocid itself runs in a container (or the
-        # gateway is not an address of this host, or an override is set) bind everything.
-        if self._settings.docker_host_override or not _can_bind(self._gateway):
-            self._bind_host = "0.0.0.0"
-        else:
-            self._bind_host = self._gateway
+        self._placement = decide_placement(
+            configured_network=self._settings.docker_network,
+            host_override=self._settings.docker_host_override,
+            gateway=gateway_of(net) or DEFAULT_GATEWAY,
+            me=await self._find_self(),
+            can_bind=_can_bind,
+        )
+        log.info("%s; they reach flocid at %s", self._placement.reason, self._placement.advertise_host)
+
+    async def _find_self(self) -> SelfContainer | None:
+        """flocid's own container, confirmed through dockerd, or None (on the host, or in a
+        container this dockerd does not know)."""
+        candidates = self_container_candidates(
+            _read_proc("/proc/self/mountinfo"), _read_proc("/proc/self/cgroup"), socket.gethostname()
+        )
+        for candidate in candidates:
+            try:
+                record = await self._bridge.call(self._docker._query_json, f"containers/{candidate}/json")
+            except _DOCKER_ERRORS as exc:
+                if not _is_status(exc, 404):
+                    log.debug("inspecting container %s: %s", candidate, exc)
+                continue
+            networks: dict[str, Any] = {}
+            for name, att in ((record.get("NetworkSettings") or {}).get("Networks") or {}).items():
+                key = (att or {}).get("NetworkID") or name
+                try:
+                    networks[key] = await self._bridge.call(self._docker._query_json, f"networks/{key}")
+                except _DOCKER_ERRORS as exc:
+                    log.debug("inspecting network %s: %s", name, exc)
+            me = self_container_from_inspect(record, networks)
+            if confirms(candidate, me, _can_bind):
+                return me
+        return None
 
     def _unreachable(self, reason: str) -> str:
         where = getattr(self._docker_or_none, "_connection_info", None) or "the configured DOCKER_HOST"
@@ -1019,6 +1071,14 @@ def _can_bind(host: str) -> bool:
         if exc.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL):
             log.debug("probing bind on %s: %s", host, exc)
         return False
+
+
+def _read_proc(path: str) -> str:
+    # An in-memory procfs file: read inline.
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def _cgroup_peak(container_id: str) -> int | None:

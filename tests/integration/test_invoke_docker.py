@@ -302,6 +302,47 @@ async def test_function_reaches_flocid_through_aws_endpoint_url(daws: Aws) -> No
     assert body["endpoint"].endswith(":" + daws.endpoint.rsplit(":", 1)[1])
 
 
+async def test_a_configured_network_reaches_the_api_at_its_gateway(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """FLOCI_SERVICES_LAMBDA_DOCKER_NETWORK on the host: functions join it and AWS_ENDPOINT_URL is that
+    network's gateway, where flocid now listens too (not only on docker0)."""
+    import secrets
+
+    net = f"flocid-apinet-{secrets.token_hex(3)}"
+    made = docker("network", "create", net)
+    assert made.returncode == 0, made.stderr
+    try:
+        gateway = json.loads(docker("network", "inspect", net).stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+        d: Daemon = await nursery.start(run_daemon, settings_for(
+            tmp_path, executor="docker", ecr_base_uri="flocid.local", listen_docker_bridge=True,
+            docker_network=net, container_name_prefix="flocid-apinet"))
+        aws = Aws(d.url)
+        try:
+            assert f"http://{gateway}:{d.url.rsplit(':', 1)[1]}" in d.binds
+            code = make_zip({"index.py": (
+                "import os, json, urllib.request\n"
+                "def handler(event, context):\n"
+                "    url = os.environ['AWS_ENDPOINT_URL'] + '/2015-03-31/functions/'\n"
+                "    with urllib.request.urlopen(url, timeout=5) as r:\n"
+                "        return {'endpoint': os.environ['AWS_ENDPOINT_URL'],\n"
+                "                'names': [f['FunctionName'] for f in json.load(r)['Functions']]}\n"
+            )})
+            await create(aws, "onnet", code)
+            out, body = await invoke(aws, "onnet", {})
+            assert "FunctionError" not in out, body
+            assert body == {"endpoint": f"http://{gateway}:{d.url.rsplit(':', 1)[1]}", "names": ["onnet"]}
+            ids = docker("ps", "-q", "--filter", "label=flocid.function=onnet").stdout.split()
+            networks = json.loads(docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", ids[0]).stdout)
+            assert list(networks) == [net]
+        finally:
+            d.stop()
+    finally:
+        # The network cannot go while a container is on it: remove them now, not after the stop.
+        left = docker("ps", "-aq", "--filter", f"label=flocid.instance={(tmp_path / 'data').resolve()}").stdout.split()
+        if left:
+            docker("rm", "-f", *left)
+        docker("network", "rm", net)
+
+
 async def test_hot_reload_bind_mount(tmp_path: Path, nursery: trio.Nursery) -> None:
     app = tmp_path / "app"
     app.mkdir()
