@@ -12,9 +12,10 @@
         │   network when it runs in a container; given to function containers as their resolver
         ├── ESM supervisor: one poller per enabled event source mapping
         ├── graceful stop: on SIGTERM, drain ESM batches, requests and invocations (5 s), then cancel
-        └── API server: hypercorn.trio on 127.0.0.1:<port> (+ where containers connect: the Docker
-            bridge gateway, or flocid's address on its network), behind the gateway: Invoke (bare
-            ASGI), Lambda API (QuartTrio), function URLs, companion services
+        └── API server: flocid.front, its own HTTP/1.1 loop (hypercorn runs the lifespan and odd
+            connections), on 127.0.0.1:<port> (+ where containers connect: the Docker bridge
+            gateway, or flocid's address on its network), behind the gateway: Invoke (answered in
+            the loop, no ASGI), Lambda API (QuartTrio), function URLs, companion services
 
 Each service follows trio's start protocol, so a port that cannot bind or a data dir that cannot be
 written fails ``run_daemon`` before it reports ready. Container teardown is shielded and bounded in
@@ -186,15 +187,14 @@ def listen_where_containers_connect(sockets: Sockets, settings: Settings, host: 
 
 async def serve_api(app: Any, sockets: Sockets, *,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``app`` on already-bound sockets (hypercorn on trio) until cancelled."""
-    from hypercorn.trio.run import worker_serve
-    from hypercorn.utils import wrap_app
+    """Serve the gateway ``app`` on already-bound sockets until cancelled (flocid.front: its own
+    HTTP/1.1 loop, hypercorn for the lifespan and for the connections it hands over)."""
+    from flocid.front import serve_front
 
     config = _hyper_config([])
     for sock in sockets.insecure_sockets:
         sock.listen(config.backlog)
-    await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets,
-                       task_status=task_status)
+    await serve_front(app, config, sockets, task_status=task_status)
 
 
 async def _stop_gracefully(shutdown: trio.Event, gateway: Gateway, invoker: Any, esm: Any, root: trio.Nursery) -> None:

@@ -103,6 +103,10 @@ class Gateway:
         try:
             await self.choose(scope)(scope, receive, send)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.unpark_all()
+            self.request_done()
+
+    def request_done(self) -> None:
+        """A request counted in ``in_flight`` is answered (flocid.front counts Invoke itself)."""
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.unpark_all()

@@ -142,31 +142,37 @@ class InvokeApp:
         self._settings = control.settings
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        status, headers, body = await self._answer(scope, receive)
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        payload, complete = await _read_body(receive, MAX_SYNC_REQUEST)
+        status, out, body = await self.respond(scope["path"], scope.get("query_string", b""), headers, payload,
+                                               complete)
+        out.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
 
-    async def _answer(self, scope: Any, receive: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def respond(self, path: str, query_string: bytes, headers: dict[str, str], payload: bytes,
+                      complete: bool) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One Invoke: (status, headers, body). ``headers`` keys are lower-case; ``complete`` is
+        False when the body was over the limit (and dropped). The API port's own loop
+        (flocid.front) calls this directly; ``__call__`` is the ASGI form."""
         try:
-            m = INVOKE_PATH.match(scope["path"])
+            m = INVOKE_PATH.match(path)
             if m is None:  # the gateway only sends Invoke paths here
                 raise ValidationError("not an Invoke request")
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            payload, complete = await _read_body(receive, MAX_SYNC_REQUEST)
             if not complete:
                 event = headers.get("x-amz-invocation-type") == "Event"
                 limit = MAX_EVENT_REQUEST if event else MAX_SYNC_REQUEST
                 raise RequestTooLarge(f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            qualifier = query.get("Qualifier", [None])[0]
+            qualifier = None
+            if query_string:
+                qualifier = parse_qs(query_string.decode("latin-1")).get("Qualifier", [None])[0]
             ctx = ctx_from_authorization(headers.get("authorization", ""), self._settings.default_region,
                                          self._settings.default_account)
             return await invoke(self.control, self.invoker, ctx, unquote(m.group(1)), qualifier, headers, payload)
         except LambdaError as exc:
             return error_response(exc)
         except Exception:
-            log.exception("unexpected error on Invoke %s", scope.get("path"))
+            log.exception("unexpected error on Invoke %s", path)
             return error_response(ServiceError("An internal error occurred in flocid; see its log."))
 
 
