@@ -95,6 +95,37 @@ def summary(name: str, samples: list[float]) -> tuple[float, float]:
     return p50, p99
 
 
+SECTIONS = ("latency", "baselines", "throughput", "cold", "fanout")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent not idle (all cores; /proc/stat, idle and iowait excluded)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def containers_cpu_seconds(ids: list[str]) -> float:
+    """CPU seconds used by these containers (cgroup v1 cpuacct, else v2 cpu.stat); nan if unknown."""
+    total = 0.0
+    for cid in ids:
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
+        if v1.exists():
+            total += int(v1.read_text()) / 1e9
+        elif v2.exists():
+            usage = v2.read_text().split("\n", 1)[0].split()
+            total += int(usage[1]) / 1e6
+        else:
+            return float("nan")
+    return total
+
+
+def container_ids(instance: str, function: str) -> list[str]:
+    out = docker("ps", "-q", "--no-trunc", "--filter", "label=flocid.managed=1",
+                 "--filter", f"label=flocid.instance={instance}", "--filter", f"label=flocid.function={function}")
+    return out.stdout.split()
+
+
 def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
 
@@ -702,7 +733,12 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=2.0, help="seconds the fan-out handler sleeps")
     parser.add_argument("--hold-timeout", type=float, default=180.0,
                         help="longest wait for all fan-out handlers to be inside at once")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     args = parser.parse_args()
+    args.only = set(args.only.split(","))
+    if not args.only <= set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {','.join(sorted(args.only - set(SECTIONS)))}")
 
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
@@ -740,20 +776,7 @@ def main() -> None:
     print(f"total {time.perf_counter() - t_start:.0f} s")
 
 
-def run_all(fl: Flocid, code: Path, args: argparse.Namespace) -> None:
-    fl.create("noop", NOOP)
-    client = RawClient("127.0.0.1", fl.port)
-    t = time.perf_counter()
-    status, _h, _b = client.invoke("noop")
-    print(f"{'http first invoke (cold)':<34} {(time.perf_counter() - t) * 1000:.1f} ms (HTTP {status})", flush=True)
-
-    # 1. warm latency through the HTTP API
-    timed_invokes(client, "noop", 0, warmup=200)
-    cpu0 = cpu_seconds(fl.proc.pid)
-    http = timed_invokes(client, "noop", args.n, warmup=0)
-    cpu = cpu_seconds(fl.proc.pid) - cpu0
-    http_p50, http_p99 = summary("http warm (raw, NODELAY)", http)
-    print(f"{'flocid CPU per warm invoke':<34} {cpu / args.n * 1000:.3f} ms (serve process, all threads)")
+def latency_variants(fl: Flocid, args: argparse.Namespace) -> None:
     boto = []
     for _ in range(50):
         fl.boto.invoke(FunctionName="noop", Payload=b"{}")["Payload"].read()
@@ -771,20 +794,9 @@ def run_all(fl: Flocid, code: Path, args: argparse.Namespace) -> None:
     plain.close()
     split.close()
 
-    # 2. hand-off baselines
-    ho = trio.run(handoff_trio, code, args.n)
-    ho_p50, ho_p99 = summary("hand-off (RuntimeApiServer)", ho)
-    raw = handoff_raw(code, args.n)
-    raw_p50, raw_p99 = summary("hand-off (raw blocking server)", raw)
-    # the HTTP figure again, right after, to see the drift between the two measurements
-    http2 = timed_invokes(client, "noop", args.n, warmup=20)
-    http2_p50, http2_p99 = summary("http warm again (raw, NODELAY)", http2)
-    h50, h99 = min(http_p50, http2_p50), min(http_p99, http2_p99)
-    print(f"{'flocid overhead vs RuntimeApiServer':<34} p50 {h50 - ho_p50:+.3f} ms  p99 {h99 - ho_p99:+.3f} ms "
-          f"(targets: p50 < 1 ms, p99 < 5 ms)")
-    print(f"{'flocid overhead vs raw server':<34} p50 {h50 - raw_p50:+.3f} ms  p99 {h99 - raw_p99:+.3f} ms")
 
-    # 3. throughput
+def throughput(fl: Flocid, args: argparse.Namespace) -> None:
+    """``--concurrency`` raw clients in threads, and who spent the machine's CPU meanwhile."""
     k = args.concurrency
     before = count_containers(fl.instance, "noop")
     barrier = threading.Barrier(k)
@@ -816,13 +828,17 @@ def run_all(fl: Flocid, code: Path, args: argparse.Namespace) -> None:
     ths = [threading.Thread(target=caller, args=(i,)) for i in range(k)]
     for th in ths:
         th.start()
+    ids = container_ids(fl.instance, "noop")
     cpu0 = cpu_seconds(fl.proc.pid)
+    box0, mine0, busy0 = containers_cpu_seconds(ids), cpu_seconds(os.getpid()), machine_busy_seconds()
     start.wait()
     t = time.perf_counter()
     for th in ths:
         th.join()
     elapsed = time.perf_counter() - t
     cpu = cpu_seconds(fl.proc.pid) - cpu0
+    box, mine = containers_cpu_seconds(ids) - box0, cpu_seconds(os.getpid()) - mine0
+    busy = machine_busy_seconds() - busy0
     after = count_containers(fl.instance, "noop")
     total = per * k
     all_lat = [x for one in lat for x in one]
@@ -830,10 +846,17 @@ def run_all(fl: Flocid, code: Path, args: argparse.Namespace) -> None:
           f"per-invoke p50={pct(all_lat, 0.5):.3f} ms p99={pct(all_lat, 0.99):.3f} ms); warm noop containers: "
           f"{after} (were {before} before the {k} parallel warm-up invokes); flocid CPU {cpu / elapsed * 100:.0f}% "
           f"of one core, {cpu / total * 1000:.3f} ms per invoke", flush=True)
+    per_ms = 1000 / total
+    print(f"{'  CPU per invoke, whole machine':<34} {busy * per_ms:.3f} ms = flocid {cpu * per_ms:.3f} + containers "
+          f"{box * per_ms:.3f} + bench clients {mine * per_ms:.3f} + rest (kernel softirq, dockerd...) "
+          f"{(busy - cpu - box - mine) * per_ms:.3f}; machine {busy / elapsed * 100:.0f}% busy of "
+          f"{os.cpu_count() * 100}%", flush=True)
     for c in warm_clients:
         c.close()
 
-    # 4. cold start vs bare docker run, interleaved
+
+def cold_starts(fl: Flocid, client: RawClient, code: Path, args: argparse.Namespace) -> None:
+    """First invoke of new functions vs bare ``docker run`` of the same image, interleaved."""
     names = [f"cold{i}" for i in range(args.cold_n)]
     for name in names:
         fl.create(name, NOOP)
@@ -850,10 +873,45 @@ def run_all(fl: Flocid, code: Path, args: argparse.Namespace) -> None:
     cm, bm = statistics.median(cold), statistics.median(bare)
     print(f"{'cold start ratio (median)':<34} {cm * 1000:.0f} / {bm * 1000:.0f} ms = {cm / bm:.2f}x "
           f"(target <= 1.2x)", flush=True)
-    client.close()
 
-    # 5. fan-out
-    if args.fanout > 0:
+
+def run_all(fl: Flocid, code: Path, args: argparse.Namespace) -> None:
+    fl.create("noop", NOOP)
+    client = RawClient("127.0.0.1", fl.port)
+    t = time.perf_counter()
+    status, _h, _b = client.invoke("noop")
+    print(f"{'http first invoke (cold)':<34} {(time.perf_counter() - t) * 1000:.1f} ms (HTTP {status})", flush=True)
+
+    # 1. warm latency through the HTTP API
+    timed_invokes(client, "noop", 0, warmup=200)
+    http_p50 = http_p99 = float("nan")
+    if "latency" in args.only or "baselines" in args.only:
+        cpu0 = cpu_seconds(fl.proc.pid)
+        http = timed_invokes(client, "noop", args.n, warmup=0)
+        cpu = cpu_seconds(fl.proc.pid) - cpu0
+        http_p50, http_p99 = summary("http warm (raw, NODELAY)", http)
+        print(f"{'flocid CPU per warm invoke':<34} {cpu / args.n * 1000:.3f} ms (serve process, all threads)")
+    if "latency" in args.only:
+        latency_variants(fl, args)
+    if "baselines" in args.only:
+        # 2. hand-off baselines
+        ho = trio.run(handoff_trio, code, args.n)
+        ho_p50, ho_p99 = summary("hand-off (RuntimeApiServer)", ho)
+        raw = handoff_raw(code, args.n)
+        raw_p50, raw_p99 = summary("hand-off (raw blocking server)", raw)
+        # the HTTP figure again, right after, to see the drift between the two measurements
+        http2 = timed_invokes(client, "noop", args.n, warmup=20)
+        http2_p50, http2_p99 = summary("http warm again (raw, NODELAY)", http2)
+        h50, h99 = min(http_p50, http2_p50), min(http_p99, http2_p99)
+        print(f"{'flocid overhead vs RuntimeApiServer':<34} p50 {h50 - ho_p50:+.3f} ms  p99 {h99 - ho_p99:+.3f} ms "
+              f"(targets: p50 < 1 ms, p99 < 5 ms)")
+        print(f"{'flocid overhead vs raw server':<34} p50 {h50 - raw_p50:+.3f} ms  p99 {h99 - raw_p99:+.3f} ms")
+    if "throughput" in args.only:
+        throughput(fl, args)
+    if "cold" in args.only:
+        cold_starts(fl, client, code, args)
+    client.close()
+    if "fanout" in args.only and args.fanout > 0:
         fl.create("sleeper", SLEEPER, timeout=600)
         fanout(fl, "sleeper", args.fanout, args.sleep, None)
         fl.create("holder", SLEEPER, timeout=600)
