@@ -38,6 +38,7 @@ import io
 import ipaddress
 import json
 import logging
+import os
 import re
 import secrets
 import socket
@@ -411,6 +412,7 @@ class DockerEnvironment:
         receive: trio.MemoryReceiveChannel[bytes],
     ) -> None:
         self._last_peak: int | None = None
+        self._peak_fd: int | None = None
         self._executor = executor
         self._id = container_id
         self.name = name
@@ -443,8 +445,9 @@ class DockerEnvironment:
         read, well under a millisecond. Else Docker's stats API (``memory_stats.max_usage``,
         cgroup v1 only; tens of ms). None when neither knows.
         """
-        # An in-memory sysfs file: read inline (a thread hop would cost more than the read).
-        peak = _cgroup_peak(self._id)
+        # An in-memory cgroupfs file, kept open and re-read from offset 0 (fresh every time): read
+        # inline, a thread hop (or an open per read) would cost more than the read.
+        peak = self._read_peak()
         if peak:
             self._last_peak = peak
             return _mb(peak)
@@ -464,6 +467,22 @@ class DockerEnvironment:
         mem = (stats.get("memory_stats") or {}) if isinstance(stats, dict) else {}
         usage = mem.get("max_usage")
         return _mb(int(usage)) if usage else None
+
+    def _read_peak(self) -> int | None:
+        if self._peak_fd is None and not self._stopped:
+            self._peak_fd = _open_cgroup_peak(self._id)
+        if self._peak_fd is None:
+            return None
+        try:
+            return int(os.pread(self._peak_fd, 64, 0))
+        except (OSError, ValueError):  # the cgroup is gone with the container
+            self._close_peak()
+            return None
+
+    def _close_peak(self) -> None:
+        if self._peak_fd is not None:
+            os.close(self._peak_fd)
+            self._peak_fd = None
 
     async def stop(self) -> None:
         """SIGTERM, SIGKILL after 1 s, remove; idempotent, shielded and bounded."""
@@ -495,6 +514,7 @@ class DockerEnvironment:
                 self._watch_scope.cancel()
                 self._pump_scope.cancel()
         finally:
+            self._close_peak()
             ex._environments.discard(self)
             self._stop_done.set()
 
@@ -1081,8 +1101,9 @@ def _read_proc(path: str) -> str:
         return ""
 
 
-def _cgroup_peak(container_id: str) -> int | None:
-    """Peak bytes from the container's cgroup files (cgroupfs or systemd driver, v1 or v2)."""
+def _open_cgroup_peak(container_id: str) -> int | None:
+    """An open descriptor on the container's peak-memory cgroup file (cgroupfs or systemd driver,
+    v1 or v2), or None when this process cannot see it."""
     for path in (
         f"/sys/fs/cgroup/memory/docker/{container_id}/memory.max_usage_in_bytes",
         f"/sys/fs/cgroup/memory/system.slice/docker-{container_id}.scope/memory.max_usage_in_bytes",
@@ -1090,8 +1111,8 @@ def _cgroup_peak(container_id: str) -> int | None:
         f"/sys/fs/cgroup/docker/{container_id}/memory.peak",
     ):
         try:
-            return int(Path(path).read_text().strip())
-        except (OSError, ValueError):
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
             continue
     return None
 
