@@ -41,6 +41,12 @@ _CHUNK = 1 << 20
 SAVE_TIMEOUT_SECONDS = 60.0
 
 
+def _describe(counts: dict[str, int]) -> str:
+    return ("{buckets} bucket(s) with {objects} object(s), {queues} queue(s) with {messages} message(s), "
+            "{streams} Kinesis stream(s) with {records} record(s), {tables} DynamoDB table(s) with {items} "
+            "item(s) and {stream_records} stream record(s)").format(**counts)
+
+
 class S3ObjectError(Exception):
     """GetObject failed; ``code`` is S3's error code (NoSuchBucket, NoSuchKey, NoSuchVersion...)."""
 
@@ -71,22 +77,23 @@ class Services:
         """Load moto and the snapshot, report ready, and save the snapshot when cancelled."""
         counts = await self._run(self._load)
         if any(counts.values()):
-            log.info("restored %d bucket(s) with %d object(s), %d queue(s) with %d message(s)",
-                     counts["buckets"], counts["objects"], counts["queues"], counts["messages"])
+            log.info("restored %s", _describe(counts))
         task_status.started()
         try:
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SAVE_TIMEOUT_SECONDS) as bound:
                 try:
-                    await self.save()
+                    saved = await self.save()
+                    if any(saved.values()):
+                        log.info("saved %s to %s", _describe(saved), self.snapshot_dir)
                 except OSError as exc:
                     log.error("cannot write the services snapshot to %s: %s", self.snapshot_dir, exc)
             if bound.cancelled_caught:
                 log.error("writing the services snapshot took over %.0f s; gave up", SAVE_TIMEOUT_SECONDS)
 
     async def save(self) -> dict[str, int]:
-        """Write the S3 + SQS snapshot now (``serve`` does it on a clean stop)."""
+        """Write the snapshot (S3, SQS, Kinesis, DynamoDB) now (``serve`` does it on a clean stop)."""
         counts: dict[str, int] = await self._run(persist.save, self.snapshot_dir)
         return counts
 

@@ -366,6 +366,140 @@ async def test_unreadable_snapshot_is_set_aside(tmp_path: Path, nursery: trio.Nu
         await s.stop()
 
 
+async def _kinesis_view(stack: Stack, kinesis: Any, name: str) -> dict[str, Any]:
+    """Every shard's records (sequence numbers included) read from TRIM_HORIZON, and the stream's
+    shape: what a reader of the stream sees."""
+    desc = (await stack.call(kinesis, "describe_stream", StreamName=name))["StreamDescription"]
+    records: dict[str, list[tuple[str, bytes, str]]] = {}
+    for shard in desc["Shards"]:
+        it = (await stack.call(kinesis, "get_shard_iterator", StreamName=name, ShardId=shard["ShardId"],
+                               ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+        got = (await stack.call(kinesis, "get_records", ShardIterator=it, Limit=1000))["Records"]
+        records[shard["ShardId"]] = [(r["SequenceNumber"], r["Data"], r["PartitionKey"]) for r in got]
+    tags = (await stack.call(kinesis, "list_tags_for_stream", StreamName=name))["Tags"]
+    consumers = (await stack.call(kinesis, "list_stream_consumers", StreamARN=desc["StreamARN"]))["Consumers"]
+    return {"arn": desc["StreamARN"], "shards": [s["ShardId"] for s in desc["Shards"]],
+            "retention": desc["RetentionPeriodHours"], "records": records, "tags": tags,
+            "consumers": [(c["ConsumerName"], c["ConsumerARN"]) for c in consumers]}
+
+
+async def _dynamodb_view(stack: Stack, ddb: Any, streams: Any, name: str) -> dict[str, Any]:
+    table = (await stack.call(ddb, "describe_table", TableName=name))["Table"]
+    items = (await stack.call(ddb, "scan", TableName=name))["Items"]
+    stream_arn = table["LatestStreamArn"]
+    shards = (await stack.call(streams, "describe_stream", StreamArn=stream_arn))["StreamDescription"]["Shards"]
+    it = (await stack.call(streams, "get_shard_iterator", StreamArn=stream_arn, ShardId=shards[0]["ShardId"],
+                           ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    records = (await stack.call(streams, "get_records", ShardIterator=it))["Records"]
+    tags = (await stack.call(ddb, "list_tags_of_resource", ResourceArn=table["TableArn"]))["Tags"]
+    return {
+        "table": {k: table[k] for k in ("TableArn", "KeySchema", "AttributeDefinitions", "ItemCount",
+                                        "StreamSpecification", "LatestStreamArn", "LatestStreamLabel",
+                                        "BillingModeSummary", "GlobalSecondaryIndexes", "LocalSecondaryIndexes")},
+        "items": sorted(items, key=lambda i: (i["pk"]["S"], i["sk"]["N"])),
+        "shards": [s["ShardId"] for s in shards],
+        "records": [(r["eventID"], r["eventName"], r["dynamodb"]["SequenceNumber"], r["dynamodb"]["Keys"],
+                     r["dynamodb"].get("NewImage"), r["dynamodb"].get("OldImage")) for r in records],
+        "tags": tags,
+    }
+
+
+async def test_kinesis_and_dynamodb_survive_a_clean_restart(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Streams, shards, records and their sequence numbers; tables, items, indexes, the stream and its
+    records with their sequence numbers: identical after a clean restart into empty moto backends."""
+    settings = settings_for(tmp_path)
+    reset_moto()
+    first: Stack = await nursery.start(run_stack, settings)
+    kinesis, ddb, streams = first.client("kinesis"), first.client("dynamodb"), first.client("dynamodbstreams")
+    await first.call(kinesis, "create_stream", StreamName="keep-stream", ShardCount=3)
+    for i in range(12):
+        await first.call(kinesis, "put_record", StreamName="keep-stream", Data=f"r{i}".encode(),
+                         PartitionKey=f"pk{i % 4}")
+    await first.call(kinesis, "add_tags_to_stream", StreamName="keep-stream", Tags={"team": "a"})
+    arn = (await first.call(kinesis, "describe_stream", StreamName="keep-stream"))["StreamDescription"]["StreamARN"]
+    await first.call(kinesis, "register_stream_consumer", StreamARN=arn, ConsumerName="reader")
+    await first.call(
+        ddb, "create_table", TableName="keep-table", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                              {"AttributeName": "sk", "AttributeType": "N"},
+                              {"AttributeName": "g", "AttributeType": "S"}],
+        GlobalSecondaryIndexes=[{"IndexName": "by-g", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                                 "Projection": {"ProjectionType": "ALL"}}],
+        LocalSecondaryIndexes=[{"IndexName": "by-pk-g", "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
+                                                                      {"AttributeName": "g", "KeyType": "RANGE"}],
+                                "Projection": {"ProjectionType": "KEYS_ONLY"}}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        Tags=[{"Key": "team", "Value": "b"}])
+    for i in range(6):
+        await first.call(ddb, "put_item", TableName="keep-table",
+                         Item={"pk": {"S": f"p{i % 2}"}, "sk": {"N": str(i)}, "g": {"S": f"g{i % 3}"},
+                               "blob": {"B": bytes([i])}, "set": {"SS": ["a", str(i)]}})
+    await first.call(ddb, "update_item", TableName="keep-table", Key={"pk": {"S": "p0"}, "sk": {"N": "0"}},
+                     UpdateExpression="SET g = :g", ExpressionAttributeValues={":g": {"S": "changed"}})
+    await first.call(ddb, "delete_item", TableName="keep-table", Key={"pk": {"S": "p1"}, "sk": {"N": "1"}})
+    before_kinesis = await _kinesis_view(first, kinesis, "keep-stream")
+    before_ddb = await _dynamodb_view(first, ddb, streams, "keep-table")
+    assert sum(len(r) for r in before_kinesis["records"].values()) == 12
+    assert len(before_ddb["records"]) == 8 and len(before_ddb["items"]) == 5
+    first_shard = next(shard for shard, recs in before_kinesis["records"].items() if recs)
+    old_iterator = (await first.call(kinesis, "get_shard_iterator", StreamName="keep-stream", ShardId=first_shard,
+                                     ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    await first.stop()
+    snap = tmp_path / "data" / "services"
+    assert (snap / "kinesis.pickle").is_file() and (snap / "dynamodb.pickle").is_file()
+
+    reset_moto()  # a new process starts with empty moto backends
+    second: Stack = await nursery.start(run_stack, settings)
+    try:
+        kinesis, ddb, streams = second.client("kinesis"), second.client("dynamodb"), second.client("dynamodbstreams")
+        assert await _kinesis_view(second, kinesis, "keep-stream") == before_kinesis
+        assert await _dynamodb_view(second, ddb, streams, "keep-table") == before_ddb
+        # A Kinesis iterator taken before the restart still reads (it encodes its position).
+        got = (await second.call(kinesis, "get_records", ShardIterator=old_iterator))["Records"]
+        assert [r["SequenceNumber"] for r in got] == [seq for seq, _d, _pk in before_kinesis["records"][first_shard]]
+        # The restored index answers queries, and the restored stream and table take new writes that
+        # continue their sequences.
+        by_g = await second.call(ddb, "query", TableName="keep-table", IndexName="by-g",
+                                 KeyConditionExpression="g = :g", ExpressionAttributeValues={":g": {"S": "changed"}})
+        assert [i["sk"]["N"] for i in by_g["Items"]] == ["0"]
+        put = await second.call(kinesis, "put_record", StreamName="keep-stream", Data=b"new", PartitionKey="pk0")
+        old_seqs = [seq for seq, _d, pk in before_kinesis["records"][put["ShardId"]]]
+        assert int(put["SequenceNumber"]) > int(old_seqs[-1])
+        await second.call(ddb, "put_item", TableName="keep-table", Item={"pk": {"S": "p9"}, "sk": {"N": "9"}})
+        after = await _dynamodb_view(second, ddb, streams, "keep-table")
+        assert after["records"][:8] == before_ddb["records"]
+        assert int(after["records"][8][2]) == int(before_ddb["records"][7][2]) + 1
+        # A reader resumes after a sequence number it saw before the restart.
+        stream_arn = before_ddb["table"]["LatestStreamArn"]
+        it = (await second.call(streams, "get_shard_iterator", StreamArn=stream_arn, ShardId=after["shards"][0],
+                                ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                                SequenceNumber=before_ddb["records"][7][2]))["ShardIterator"]
+        rest = (await second.call(streams, "get_records", ShardIterator=it))["Records"]
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in rest] == ["p9"]
+    finally:
+        await second.stop()
+
+
+@pytest.mark.parametrize("name", ["kinesis.pickle", "dynamodb.pickle"])
+async def test_unreadable_stream_snapshots_are_set_aside(tmp_path: Path, nursery: trio.Nursery, name: str) -> None:
+    settings = settings_for(tmp_path)
+    snap = tmp_path / "data" / "services"
+    snap.mkdir(parents=True)
+    (snap / name).write_bytes(b"\x80\x05garbage")
+    reset_moto()
+    s: Stack = await nursery.start(run_stack, settings)
+    try:
+        assert (snap / (name + ".unreadable")).read_bytes() == b"\x80\x05garbage"
+        assert not (snap / name).exists()
+        assert (await s.call(s.client("kinesis"), "list_streams"))["StreamNames"] == []
+        assert (await s.call(s.client("dynamodb"), "list_tables"))["TableNames"] == []
+    finally:
+        await s.stop()
+    # The next clean stop writes a fresh snapshot beside the one set aside.
+    assert (snap / name).is_file() and (snap / (name + ".unreadable")).is_file()
+
+
 
 async def test_busy_moto_does_not_stall_the_lambda_api(stack: Stack) -> None:
     """While moto is busy (its limiter held, as during a slow upload), S3 requests wait but the
