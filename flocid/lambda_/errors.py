@@ -9,6 +9,7 @@ shape. Nothing here knows about HTTP frameworks.
     ├── ValidationError           400  ValidationException
     ├── InvalidRequestContent     400  InvalidRequestContentException
     ├── ResourceConflict          409  ResourceConflictException
+    ├── ResourceInUse             400  ResourceInUseException
     ├── PreconditionFailed        412  PreconditionFailedException
     ├── RequestTooLarge           413  RequestEntityTooLargeException
     ├── AccessDenied              403  AccessDeniedException          (body key "Message")
@@ -74,6 +75,14 @@ class InvalidRequestContent(LambdaError):
 class ResourceConflict(LambdaError):
     code = "ResourceConflictException"
     status = 409
+
+
+class ResourceInUse(LambdaError):
+    """An event source mapping in a transitional state (Creating, Updating...) cannot be changed;
+    AWS's model gives this error HTTP 400, not 409."""
+
+    code = "ResourceInUseException"
+    status = 400
 
 
 class PreconditionFailed(LambdaError):

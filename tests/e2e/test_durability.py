@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.conftest import PY_HANDLER, ROLE, client
@@ -241,3 +242,79 @@ def test_sigterm_lets_an_invocation_in_flight_finish(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+STREAM_RECORDER = (
+    "import base64, json\n"
+    "OUT = {out!r}\n"
+    "def handler(event, context):\n"
+    "    with open(OUT, 'a') as f:\n"
+    "        for r in event['Records']:\n"
+    "            if r['eventSource'] == 'aws:kinesis':\n"
+    "                row = ['kinesis', base64.b64decode(r['kinesis']['data']).decode()]\n"
+    "            else:\n"
+    "                row = ['dynamodb', r['eventName'] + ' ' + r['dynamodb']['Keys']['id']['S']]\n"
+    "            f.write(json.dumps(row) + '\\n')\n"
+)
+
+
+def test_stream_mappings_resume_after_sigterm_and_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real process: Kinesis and DynamoDB Streams mappings handle records, SIGTERM, a new process
+    on the same data dir, more records: the function sees exactly the new ones, in order."""
+    import json
+
+    pytest.importorskip("awslambdaric", reason="the process executor runs handlers with awslambdaric")
+    from tests.conftest import make_zip
+
+    out = tmp_path / "seen.jsonl"
+
+    def seen() -> list[list[str]]:
+        return [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+
+    def wait_seen(n: int, server: Server) -> None:
+        deadline = time.monotonic() + 30
+        while len(seen()) < n:
+            assert time.monotonic() < deadline, (seen(), server.log.read_text())
+            time.sleep(0.05)
+
+    monkeypatch.setenv("FLOCI_SERVICES_LAMBDA_POLL_INTERVAL_MS", "50")
+    server = Server(tmp_path / "data", free_port(), executor="process")
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        kin, ddb, lam = client(url, service="kinesis"), client(url, service="dynamodb"), server.lam
+        kin.create_stream(StreamName="s", ShardCount=1)
+        kin_arn = kin.describe_stream(StreamName="s")["StreamDescription"]["StreamARN"]
+        ddb_arn = ddb.create_table(
+            TableName="t", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
+        )["TableDescription"]["LatestStreamArn"]
+        lam.create_function(FunctionName="rec", Runtime="python3.13", Role=ROLE, Handler="index.handler",
+                            Code={"ZipFile": make_zip({"index.py": STREAM_RECORDER.format(out=str(out))})})
+        for arn in (kin_arn, ddb_arn):
+            lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="rec", StartingPosition="TRIM_HORIZON",
+                                            BatchSize=2)
+        for i in range(5):
+            kin.put_record(StreamName="s", Data=f"k{i}".encode(), PartitionKey="p")
+            ddb.put_item(TableName="t", Item={"id": {"S": f"a{i}"}})
+        wait_seen(10, server)
+        assert server.term() < 7 and server.proc is not None and server.proc.returncode == 0
+
+        server.start()
+        kin, ddb = client(url, service="kinesis"), client(url, service="dynamodb")
+        for i in range(5, 8):
+            kin.put_record(StreamName="s", Data=f"k{i}".encode(), PartitionKey="p")
+        ddb.put_item(TableName="t", Item={"id": {"S": "a5"}})
+        ddb.delete_item(TableName="t", Key={"id": {"S": "a0"}})
+        wait_seen(15, server)
+        server.term()
+        rows = seen()
+        assert [d for s, d in rows if s == "kinesis"] == [f"k{i}" for i in range(8)]
+        assert [d for s, d in rows if s == "dynamodb"] == [f"INSERT a{i}" for i in range(6)] + ["REMOVE a0"]
+        assert "restored 0 bucket(s) with 0 object(s), 0 queue(s) with 0 message(s), 1 Kinesis stream(s) " \
+               "with 5 record(s), 1 DynamoDB table(s) with 5 item(s) and 5 stream record(s)" in server.log.read_text()
+    finally:
+        if server.proc and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
