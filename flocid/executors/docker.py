@@ -81,6 +81,8 @@ DEFAULT_GATEWAY = "172.17.0.1"
 #: Bound on every teardown step (stop, remove), so a wedged daemon cannot hang shutdown.
 STOP_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0
+#: How long a shutdown keeps force-removing containers whose stop did not finish.
+SWEEP_TIMEOUT_S = 60.0
 OUTPUT_CHANNEL_SIZE = 1024
 #: Code at least this big goes on a read-only named volume filled once per code id instead of
 #: being copied into every container (Floci's CODE_VOLUME_MIN_BYTES, fix #1673: a 34k-file
@@ -745,9 +747,10 @@ class DockerExecutor:
                 log.warning("could not remove container %s: %s", name, exc)
             return False
 
-    async def reap_orphans(self) -> int:
-        """Remove every container labelled as managed by this instance (its data dir): they
-        belong to a predecessor that died without cleaning up. Returns how many were removed."""
+    async def reap_orphans(self, *, everything: bool = False) -> int:
+        """Remove every container labelled as managed by this instance (its data dir) that no live
+        environment owns: they belong to a predecessor that died without cleaning up. With
+        ``everything`` (the last step of a shutdown), live ones too. Returns how many were removed."""
         filters = json.dumps({"label": [f"{MANAGED_LABEL}=1", f"{INSTANCE_LABEL}={self._instance}"]})
         found = await self._call(
             "list",
@@ -756,7 +759,7 @@ class DockerExecutor:
             "containers/json",
             params={"all": "1", "filters": filters},
         )
-        live = {env.id for env in self._environments}
+        live = set() if everything else {env.id for env in self._environments}
         orphans = [(str(item["Id"]), str(item.get("Names"))) for item in found if item["Id"] not in live]
         removed = 0
         limiter = trio.CapacityLimiter(8)
@@ -771,7 +774,7 @@ class DockerExecutor:
         async with trio.open_nursery() as nursery:
             for container_id, names in orphans:
                 nursery.start_soon(remove, container_id, names)
-        if removed:
+        if removed and not everything:
             log.info("removed %d orphan container(s) of a previous flocid", removed)
         return removed
 
@@ -981,6 +984,21 @@ class DockerExecutor:
         where = getattr(self._docker_or_none, "_connection_info", None) or "the configured DOCKER_HOST"
         return f"Docker is not reachable at {where}: start dockerd or set DOCKER_HOST ({reason})"
 
+    async def _sweep(self) -> None:
+        """The last step of a shutdown: force-remove whatever container of this instance is still
+        there (stops cut short by their bound while a busy dockerd took its time), so none is left."""
+        with trio.move_on_after(SWEEP_TIMEOUT_S) as bound:
+            try:
+                removed = await self.reap_orphans(everything=True)
+            except ExecutorError as exc:
+                log.warning("could not list this flocid's containers at shutdown: %s", exc)
+                return
+            if removed:
+                log.info("removed %d container(s) whose stop had not finished", removed)
+        if bound.cancelled_caught:
+            log.warning("containers of this flocid may be left after %.0f s of removing them: the next "
+                        "start with this data dir removes them", SWEEP_TIMEOUT_S)
+
     async def _stop_all(self) -> None:
         envs = list(self._environments)
         if not envs:
@@ -1017,8 +1035,11 @@ async def open_docker_executor(
                 try:
                     yield executor
                 finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT_S + 5):
-                        await executor._stop_all()
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(STOP_TIMEOUT_S + 5):
+                            await executor._stop_all()
+                        if docker is not None:
+                            await executor._sweep()
                     nursery.cancel_scope.cancel()
         finally:
             if docker is not None:

@@ -611,6 +611,31 @@ async def test_closing_the_executor_stops_what_is_left(python_image: str, settin
     assert await inspect(env.id) is None
 
 
+async def test_closing_the_executor_removes_containers_it_lost_track_of(
+        python_image: str, settings: Settings) -> None:
+    """A stop cut short by its bound (a busy dockerd) drops the environment from the executor's
+    set; the shutdown's last sweep by label still removes its container."""
+    fn = function(
+        package_type="Image",
+        image_uri=python_image,
+        runtime=None,
+        handler=None,
+        image_config={"EntryPoint": ["/bin/sh", "-c"], "Command": ["while :; do sleep 1; done"]},
+    )
+    spec = EnvironmentSpec(function=fn, code_dir=None, runtime_api="127.0.0.1:9", env={})
+    with trio.fail_after(90):
+        async with open_docker_executor(settings) as ex:
+            await ex.check()
+            env = await ex.start(spec)
+            ex._environments.discard(env)  # as DockerEnvironment.stop does when its bound cuts it short
+            lost = await trio.to_thread.run_sync(
+                lambda: docker_cli("create", "--label", f"{MANAGED_LABEL}=1",
+                                   "--label", f"{INSTANCE_LABEL}={ex.instance_id}", python_image))
+            assert lost.returncode == 0, lost.stderr
+    assert await inspect(env.id) is None
+    assert await inspect(lost.stdout.strip()) is None
+
+
 @pytest.fixture
 def nodejs_image(docker_ready: None) -> str:
     return need_image(image_for_runtime("nodejs20.x", ECR_BASE))
