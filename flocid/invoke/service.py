@@ -420,6 +420,10 @@ class InvokeService:
         if kind is OutcomeKind.INIT_ERROR:
             return 200, outcome.body, "Unhandled", False
         status = outcome.exit_status if kind is OutcomeKind.EXITED else env.exit_status
+        if not env.server.next_requests:
+            log.warning("environment %s of %s (Runtime API port %d) ended (status %s) before its runtime asked "
+                        "/next: %d connection(s) reached its Runtime API", env.handle.id[:12], env.fn.arn,
+                        env.port, status, env.server.connections)
         return 200, _error_doc("Runtime.ExitError", f"RequestId: {request_id} Error: {_exit_reason(status)}"), "Unhandled", False
 
     async def _log_end(self, env: WarmEnvironment, fn: FunctionConfig, inv: Invocation, cold: bool,

@@ -107,6 +107,10 @@ class RuntimeApiServer:
         self._wakeup = trio.Event()
         #: Set when the runtime first asks ``/next`` (init done) or fails init.
         self.init_done = trio.Event()
+        #: Connections accepted and ``/next`` requests seen (diagnostics: a runtime that never
+        #: reached its Runtime API shows 0 connections).
+        self.connections = 0
+        self.next_requests = 0
 
     # -- the invoke side -------------------------------------------------------------------------
 
@@ -138,6 +142,7 @@ class RuntimeApiServer:
             task_status.started()
             while True:
                 stream = await listener.accept()
+                self.connections += 1
                 nursery.start_soon(self._serve_connection, stream)
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
@@ -267,6 +272,7 @@ class RuntimeApiServer:
         return reply, [_JSON_S]
 
     async def _next(self, stream: trio.abc.Stream) -> tuple[Reply, list[tuple[str, str]]]:
+        self.next_requests += 1
         proto = self.protocol
         if proto.pending is not None and _peer_gone(stream):
             raise trio.BrokenResourceError("runtime went away")
