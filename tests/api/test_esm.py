@@ -65,10 +65,12 @@ def recorder(out: Path, body: str = "") -> bytes:
         "    bodies = [r['body'] for r in event['Records']]\n"
         "    ids = {r['body']: r['messageId'] for r in event['Records']}\n"
         f"{body}"
-        "    with open(OUT, 'a') as f:\n"
-        "        f.write(json.dumps({'pid': os.getpid(), 't0': t0, 't1': time.time(), 'bodies': bodies,\n"
-        "                            'rc': [r['attributes']['ApproximateReceiveCount'] for r in event['Records']],\n"
-        "                            'rec': event['Records'][0]}) + '\\n')\n"
+        "    line = json.dumps({'pid': os.getpid(), 't0': t0, 't1': time.time(), 'bodies': bodies,\n"
+        "                       'rc': [r['attributes']['ApproximateReceiveCount'] for r in event['Records']],\n"
+        "                       'rec': event['Records'][0]}) + '\\n'\n"
+        "    fd = os.open(OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+        "    os.write(fd, line.encode())  # one append per line: concurrent handlers never interleave\n"
+        "    os.close(fd)\n"
         "    return RESULT(bodies, ids) if 'RESULT' in globals() else None\n"
     )
     return make_zip({"index.py": code})
@@ -77,7 +79,9 @@ def recorder(out: Path, body: str = "") -> bytes:
 def lines(out: Path) -> list[dict[str, Any]]:
     if not out.exists():
         return []
-    return [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    # Only whole lines: a handler may be writing the last one right now.
+    text = out.read_text()
+    return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
 
 
 async def make_fn(aws: Aws, name: str, code: bytes, fn_timeout: int = 10) -> str:
