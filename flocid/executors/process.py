@@ -121,7 +121,9 @@ class ProcessEnvironment:
         while True:
             await trio.lowlevel.checkpoint()
             try:
-                readable, _, _ = select.select([fd], [], [], 0)
+                poller = select.poll()  # not select(): it fails for descriptors over 1023
+                poller.register(fd, select.POLLIN)
+                readable = poller.poll(0)
             except (OSError, ValueError):
                 return
             if not readable:

@@ -305,12 +305,15 @@ class RuntimeApiServer:
 
 def _peer_gone(stream: trio.abc.Stream) -> bool:
     """True when a parked runtime's connection has something to read: EOF (it died) or data
-    (a protocol violation). One zero-timeout select, ~1 us."""
+    (a protocol violation). One zero-timeout ``poll``, ~2 us, for any descriptor number:
+    ``select`` fails for descriptors over 1023, which a daemon with 200 warm containers has, and
+    that failure read as "gone" closed live runtimes' first ``/next`` ("No Response from endpoint")."""
     sock = getattr(stream, "socket", None)
     if sock is None:
         return False
     try:
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-    except (OSError, ValueError):
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed: fileno() is -1
         return True
-    return bool(readable)

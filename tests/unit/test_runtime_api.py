@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import trio
@@ -454,3 +455,39 @@ async def test_init_error_over_the_wire(nursery: trio.Nursery) -> None:
     assert server.init_done.is_set()
     assert inv.outcome is not None and inv.outcome.kind is OutcomeKind.INIT_ERROR
     assert inv.outcome.body == doc and inv.outcome.error_type == "Runtime.ImportModuleError"
+
+
+async def test_peer_gone_for_descriptors_over_1023() -> None:
+    """A daemon with 200 warm containers holds over 1,000 descriptors: the check on a parked
+    runtime's connection must not take a high descriptor number for a dead peer."""
+    import resource
+    import socket
+
+    from flocid.runtime_api.server import _peer_gone
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is too low to open descriptor 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    a, b = socket.socketpair()
+    filler = [os.dup(a.fileno()) for _ in range(1030)]
+    try:
+        high = socket.socket(fileno=os.dup(b.fileno()))
+        assert high.fileno() > 1023
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(high))
+        assert _peer_gone(stream) is False  # idle: the runtime waits for its invocation
+        a.sendall(b"x")
+        assert _peer_gone(stream) is True  # data while parked: a protocol violation
+        high.recv(1)
+        a.close()
+        for fd in filler:
+            os.close(fd)
+        filler = []
+        assert _peer_gone(stream) is True  # EOF: the runtime died
+        await stream.aclose()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        a.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
