@@ -247,7 +247,7 @@ def timed_invokes(client: RawClient, name: str, n: int, warmup: int = 100) -> li
 
 
 class Flocid:
-    def __init__(self, workdir: Path, region_limit: int) -> None:
+    def __init__(self, workdir: Path, region_limit: int, log_level: str = "warning") -> None:
         self.port = free_port()
         self.data_dir = workdir / "data"
         self.instance = str(self.data_dir.resolve())
@@ -256,7 +256,7 @@ class Flocid:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flocid", "serve", "--executor", "docker", "--ecr-base-uri", "flocid.local",
-             "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", "warning"],
+             "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", log_level],
             cwd=str(Path(__file__).resolve().parent.parent), env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self.url = f"http://127.0.0.1:{self.port}"
@@ -733,6 +733,8 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=2.0, help="seconds the fan-out handler sleeps")
     parser.add_argument("--hold-timeout", type=float, default=180.0,
                         help="longest wait for all fan-out handlers to be inside at once")
+    parser.add_argument("--log-level", default="warning", help="flocid's --log-level (its log: see --keep-log)")
+    parser.add_argument("--keep-log", default=None, help="copy flocid's log to this file at the end")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     args = parser.parse_args()
@@ -753,7 +755,7 @@ def main() -> None:
         (code / "index.py").write_text(NOOP)
         code.chmod(0o755)
         (code / "index.py").chmod(0o755)
-        fl = Flocid(work, region_limit=max(1000, args.fanout + 100))
+        fl = Flocid(work, region_limit=max(1000, args.fanout + 100), log_level=args.log_level)
         try:
             run_all(fl, code, args)
         finally:
@@ -765,6 +767,8 @@ def main() -> None:
             mine = docker("ps", "-aq", "--filter", f"label={BENCH_LABEL}").stdout.split()
             if mine:
                 docker("rm", "-f", *mine)
+            if args.keep_log:
+                shutil.copyfile(fl.log_path, args.keep_log)
             lines = fl.log_path.read_text(errors="replace").splitlines()
             noted = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln]
             print(f"{'flocid log':<34} {len(lines)} lines, {len(noted)} WARNING/ERROR/Traceback")
