@@ -49,6 +49,9 @@ class Settings:
     ecr_base_uri: str = "public.ecr.aws"
     hostname: str | None = None
     poll_interval_ms: int = 1000
+    #: How often, at most, the companion services' snapshot is written while they change, so a
+    #: ``kill -9`` loses at most about this much (FLOCI_SERVICES_SNAPSHOT_INTERVAL_MS; 0 = only on a clean stop).
+    services_snapshot_interval_ms: int = attrs.field(default=1000, validator=_positive)
     hot_reload_enabled: bool = False
     hot_reload_allowed_paths: tuple[str, ...] = ()
     #: A host ~/.aws mounted read-only at /opt/aws-config in containers (FLOCI_SERVICES_LAMBDA_AWS_CONFIG_PATH).
@@ -130,6 +133,7 @@ _ENV: dict[str, Any] = {
     "ecr_base_uri": str,
     "hostname": str,
     "poll_interval_ms": _int,
+    "services_snapshot_interval_ms": _int,
     "hot_reload_enabled": _bool,
     "hot_reload_allowed_paths": _paths,
     "dns_extra_suffixes": _paths,
@@ -159,6 +163,7 @@ _ENV_NAMES: dict[str, tuple[str, ...]] = {
     "ecr_base_uri": ("FLOCI_ECR_BASE_URI",),
     "hostname": ("FLOCI_HOSTNAME",),
     "poll_interval_ms": (_L + "POLL_INTERVAL_MS",),
+    "services_snapshot_interval_ms": ("FLOCI_SERVICES_SNAPSHOT_INTERVAL_MS",),
     "hot_reload_enabled": (_L + "HOT_RELOAD_ENABLED",),
     "hot_reload_allowed_paths": (_L + "HOT_RELOAD_ALLOWED_PATHS",),
     "dns_extra_suffixes": ("FLOCI_DNS_EXTRA_SUFFIXES",),

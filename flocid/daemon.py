@@ -3,7 +3,7 @@
     run_daemon
     └── root nursery
         ├── executor (docker: a trio-asyncio loop hosting aiodocker, held open for the daemon's life)
-        ├── companion services (moto in a worker thread) and their snapshot on stop
+        ├── companion services (moto in a worker thread), their snapshot while they change and on stop
         ├── S3 code sync (object changed -> reload code, drain $LATEST)
         ├── function logs writer (batched into the embedded CloudWatch Logs)
         ├── invoke service: warm environments (one child nursery each: Runtime API server, exit

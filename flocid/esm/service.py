@@ -156,6 +156,7 @@ class MotoQueues:
 
     async def delete(self, queue_arn: str, receipt_handles: list[str]) -> None:
         await self.services._run(self._delete, queue_arn, receipt_handles)
+        self.services.mark_changed("sqs")  # else a kill -9 would bring the handled messages back
 
     def _send(self, arn: str, body: str) -> None:
         backend, name = self._backend(arn)
@@ -163,6 +164,7 @@ class MotoQueues:
 
     async def send(self, queue_arn: str, body: str) -> None:
         await self.services._run(self._send, queue_arn, body)
+        self.services.mark_changed("sqs")
 
     def _stream_exists(self, kind: str, arn: str) -> bool:
         region, account, resource = _arn_parts(arn)

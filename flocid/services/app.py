@@ -12,7 +12,11 @@ the request's SigV4 scope. S3 virtual-hosted requests are turned path-style befo
 them. SQS queue URLs carry ``settings.hostname`` when set, else the request's Host.
 
 Lifecycle: ``serve`` (start protocol) restores the snapshot from ``<data_dir>/services/`` and, on
-cancellation, writes it back (shielded); see ``flocid.services.persist``.
+cancellation, writes it back (shielded); see ``flocid.services.persist``. While running, a request
+that may change a service (``dispatch.snapshot_part``) marks that service changed, and ``serve``
+rewrites the changed services' files ``services_snapshot_interval_ms`` after the first change
+(changes in between ride along), in the moto thread like any request: a ``kill -9`` loses about
+one interval of changes. The mark is a set insert on the trio thread; the hot path does no I/O.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ S3Listener = Callable[[S3ObjectChanged], None]
 _CHUNK = 1 << 20
 #: How long a stop may spend writing the snapshot.
 SAVE_TIMEOUT_SECONDS = 60.0
+#: The longest wait before trying a periodic snapshot again after it failed.
+RETRY_MAX_SECONDS = 60.0
+#: The most of the moto thread's time periodic snapshots may take: after one that took ``d``
+#: seconds (10,000 S3 objects pickle in about 0.3 s), the next waits at least ``d / share``.
+MAX_SNAPSHOT_SHARE = 0.2
 
 
 def _describe(counts: dict[str, int]) -> str:
@@ -66,6 +75,15 @@ class Services:
         self.on_s3_object_changed: list[S3Listener] = []
         self._limiter = trio.CapacityLimiter(1)
         self._wsgi: Any = None
+        #: Snapshot parts changed since the last snapshot began, and the event that says there are some.
+        self._changed: set[str] = set()
+        self._some_changed = trio.Event()
+        #: Changes marked so far, and how many of them a finished periodic snapshot holds.
+        self._marks = 0
+        self._written = 0
+        self._written_lot = trio.lowlevel.ParkingLot()
+        #: Periodic snapshots written.
+        self.snapshots = 0
 
     @property
     def snapshot_dir(self) -> Path:
@@ -80,22 +98,80 @@ class Services:
             log.info("restored %s", _describe(counts))
         task_status.started()
         try:
-            await trio.sleep_forever()
+            await self._serve_snapshots()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SAVE_TIMEOUT_SECONDS) as bound:
                 try:
                     saved = await self.save()
-                    if any(saved.values()):
-                        log.info("saved %s to %s", _describe(saved), self.snapshot_dir)
+                except persist.SnapshotIncomplete as exc:
+                    saved = exc.counts  # the failed parts are logged already
                 except OSError as exc:
                     log.error("cannot write the services snapshot to %s: %s", self.snapshot_dir, exc)
+                    saved = {}
+                if any(saved.values()):
+                    log.info("saved %s to %s", _describe(saved), self.snapshot_dir)
             if bound.cancelled_caught:
                 log.error("writing the services snapshot took over %.0f s; gave up", SAVE_TIMEOUT_SECONDS)
 
-    async def save(self) -> dict[str, int]:
-        """Write the snapshot (S3, SQS, Kinesis, DynamoDB) now (``serve`` does it on a clean stop)."""
-        counts: dict[str, int] = await self._run(persist.save, self.snapshot_dir)
+    async def save(self, parts: frozenset[str] | None = None) -> dict[str, int]:
+        """Write the snapshot (S3, SQS, Kinesis, DynamoDB, or the ``parts`` named) now (``serve``
+        does it on a clean stop, and for what changed while running)."""
+        counts: dict[str, int] = await self._run(persist.save, self.snapshot_dir, parts)
         return counts
+
+    def mark_changed(self, part: str) -> None:
+        """Say that a snapshot part (``dispatch.SNAPSHOT_PARTS``) changed: the next periodic
+        snapshot rewrites it. Call it on the trio thread, after the change."""
+        self._changed.add(part)
+        self._marks += 1
+        self._some_changed.set()
+
+    async def wait_snapshot_written(self) -> None:
+        """Wait until every change marked so far is in a periodic snapshot on disk (never returns
+        when the interval is 0 and something changed)."""
+        target = self._marks
+        while self._written < target:
+            await self._written_lot.park()
+
+    async def _serve_snapshots(self) -> None:
+        """Write the changed parts ``services_snapshot_interval_ms`` after the first change, for ever.
+
+        Waiting after the first change (not saving at once) coalesces a burst of writes into one
+        snapshot and leaves the moto thread at least one interval between two snapshots, longer
+        when snapshots are slow (``MAX_SNAPSHOT_SHARE``): a big state then loses more to a kill -9
+        rather than stall requests most of the time. A change made while a snapshot is being
+        written is marked after it and goes into the next one. A part that could not be written is
+        tried again after twice the wait of the last try (up to a minute), so a full disk is not
+        logged every second.
+        """
+        interval = self.settings.services_snapshot_interval_ms / 1000
+        if interval <= 0:
+            await trio.sleep_forever()
+        wait = interval
+        while True:
+            await self._some_changed.wait()
+            await trio.sleep(wait)
+            parts = frozenset(self._changed)
+            marks = self._marks
+            self._changed.clear()
+            self._some_changed = trio.Event()
+            started = trio.current_time()
+            try:
+                await self.save(parts)
+            except (persist.SnapshotIncomplete, OSError) as exc:
+                if isinstance(exc, OSError):
+                    log.error("cannot write the services snapshot to %s: %s", self.snapshot_dir, exc)
+                self._changed |= exc.failed if isinstance(exc, persist.SnapshotIncomplete) else parts
+                self._some_changed.set()
+                wait = min(wait * 2, max(interval, RETRY_MAX_SECONDS))
+                continue
+            took = trio.current_time() - started
+            # Every S3/SQS/... request waited for the moto thread this long, at most.
+            log.debug("wrote the %s snapshot in %.1f ms", "+".join(sorted(parts)), took * 1000)
+            wait = max(interval, took / MAX_SNAPSHOT_SHARE)
+            self._written = marks
+            self.snapshots += 1
+            self._written_lot.unpark_all()
 
     def _load(self) -> dict[str, int]:
         self._ensure_moto()
@@ -171,6 +247,10 @@ class Services:
                 service, self.settings.default_region)
         status, headers, payload, event = await self._run(self._call_moto, environ, service, path,
                                                           bytes(scope.get("query_string", b"")))
+        action = dispatch.action_name(scope, bytes(body)) if service in dispatch.JSON_OR_QUERY_PARTS else None
+        part = dispatch.snapshot_part(service, scope["method"], action)
+        if part is not None:
+            self.mark_changed(part)
         if event is not None:
             # Before the response: once the client sees 200, the listeners have the event.
             for listener in list(self.on_s3_object_changed):

@@ -1,5 +1,6 @@
 """Sans-IO pieces of the companion-services front: which service a request names, S3 addressing,
-the WSGI environ moto's server app reads, and which S3 writes change an object.
+the WSGI environ moto's server app reads, which S3 writes change an object, and which requests
+may change what the snapshot keeps.
 
 Nothing here does I/O or imports moto; ``flocid.services.app`` is the trio shell around it.
 """
@@ -24,6 +25,24 @@ _AWS_S3_HOST = re.compile(r"^(?:(?P<bucket>.+)\.)?s3(?:[.-](?:dualstack\.)?[a-z0
 LOCAL_BASE_HOSTS = ("localhost.floci.io", "localhost")
 #: Query keys that do not make a PUT/POST anything but an object write (boto3 adds ``x-id``).
 _PLAIN_WRITE_KEYS = frozenset({"x-id"})
+_ACTION = re.compile(rb"(?:^|&)Action=([A-Za-z0-9]+)")
+#: The services whose state the snapshot keeps (``flocid.services.persist.PARTS``).
+SNAPSHOT_PARTS = frozenset({"s3", "sqs", "kinesis", "dynamodb"})
+#: Those whose requests name an action (S3's method says what a request does).
+JSON_OR_QUERY_PARTS = SNAPSHOT_PARTS - {"s3"}
+#: Action names of the JSON and query protocols that change nothing the snapshot keeps.
+_READ_PREFIXES = ("Get", "List", "Describe", "BatchGet")
+_READ_ACTIONS = frozenset({
+    "Query", "Scan", "TransactGetItems",  # DynamoDB reads
+    "SubscribeToShard",  # Kinesis enhanced fan-out: reads records
+    # ReceiveMessage does change a queue: receive counts, visibility, a move to the dead-letter queue
+    # past maxReceiveCount. A restart makes in-flight messages visible again anyway (``persist``), and
+    # a snapshot per empty long poll would keep the moto thread busy for nothing; losing a receive
+    # to kill -9 is a redelivery, which at-least-once SQS allows.
+    "ReceiveMessage",
+})
+#: S3 methods that change nothing (REST: the method says it).
+_S3_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @attrs.frozen
@@ -83,6 +102,34 @@ def _has_action(scope: Scope, body: bytes) -> bool:
     ctype = header(scope, b"content-type") or b""
     return ctype.startswith(b"application/x-www-form-urlencoded") and bool(
         re.search(rb"(?:^|&)Action=", body))
+
+
+def action_name(scope: Scope, body: bytes = b"") -> str | None:
+    """The operation of a JSON-protocol (``X-Amz-Target: Service_Version.Action``) or query-protocol
+    (``Action=`` in the query string or a form body) request; None for REST (S3)."""
+    target = header(scope, b"x-amz-target")
+    if target:
+        return target.decode("latin-1").rpartition(".")[2] or None
+    m = _ACTION.search(bytes(scope.get("query_string", b"")))
+    if m is None and (header(scope, b"content-type") or b"").startswith(b"application/x-www-form-urlencoded"):
+        m = _ACTION.search(body)
+    return m.group(1).decode("ascii") if m else None
+
+
+def snapshot_part(service: str, method: str, action: str | None) -> str | None:
+    """The snapshot part (a ``SNAPSHOT_PARTS`` name) a request to ``service`` may have changed, or
+    None when it changed nothing the snapshot keeps: S3 GET/HEAD/OPTIONS, an action named like a
+    read (Get*, List*, Describe*, BatchGet*, Query, Scan, TransactGetItems, SubscribeToShard) or
+    ReceiveMessage, and every request to a service the snapshot does not keep (CloudWatch Logs).
+    An action it cannot name counts as a write: a needless snapshot costs little, a missed one a
+    change."""
+    if service not in SNAPSHOT_PARTS:
+        return None
+    if service == "s3":
+        return None if method.upper() in _S3_READ_METHODS else "s3"
+    if action is not None and (action in _READ_ACTIONS or action.startswith(_READ_PREFIXES)):
+        return None
+    return service
 
 
 def unsigned_authorization(service: str, region: str) -> str:

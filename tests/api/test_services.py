@@ -500,6 +500,127 @@ async def test_unreadable_stream_snapshots_are_set_aside(tmp_path: Path, nursery
     assert (snap / name).is_file() and (snap / (name + ".unreadable")).is_file()
 
 
+async def test_changes_reach_the_disk_while_running(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """What a kill -9 would leave: the snapshot written while the daemon runs. It is copied while
+    the first daemon still runs (no clean stop writes it), and a second daemon starts on the copy."""
+    settings = settings_for(tmp_path, services_snapshot_interval_ms=50)
+    snap = tmp_path / "data" / "services"
+    blobs = snap / "s3-objects"
+    big = bytes(range(256)) * 1024  # 256 KiB: its content gets a file of its own
+    reset_moto()
+    first: Stack = await nursery.start(run_stack, settings)
+    try:
+        s3, sqs = first.client("s3"), first.client("sqs")
+        await first.call(s3, "create_bucket", Bucket="live-bucket")
+        await first.call(s3, "put_object", Bucket="live-bucket", Key="small", Body=b"s" * 100)
+        await first.call(s3, "put_object", Bucket="live-bucket", Key="big", Body=big)
+        await first.call(s3, "put_object", Bucket="live-bucket", Key="gone", Body=big[:70000])
+        url = (await first.call(sqs, "create_queue", QueueName="live-q"))["QueueUrl"]
+        for body in ("m1", "m2", "m3"):
+            await first.call(sqs, "send_message", QueueUrl=url, MessageBody=body)
+        with trio.fail_after(10):
+            await first.services.wait_snapshot_written()
+        assert len(list(blobs.iterdir())) == 2
+        before = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()}
+        # A later change to S3 writes only what is new and deletes what no object names any more.
+        await first.call(s3, "delete_object", Bucket="live-bucket", Key="gone")
+        await first.call(s3, "put_object", Bucket="live-bucket", Key="big2", Body=big[::-1])
+        got = await first.call(sqs, "receive_message", QueueUrl=url, MaxNumberOfMessages=1)
+        await first.call(sqs, "delete_message", QueueUrl=url, ReceiptHandle=got["Messages"][0]["ReceiptHandle"])
+        with trio.fail_after(10):
+            await first.services.wait_snapshot_written()
+        after = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()}
+        assert len(after) == 2
+        kept = set(before) & set(after)  # "big"'s file: the same, not rewritten; "gone"'s: deleted
+        assert len(kept) == 1 and all(after[n] == before[n] for n in kept)
+        import shutil
+
+        await trio.to_thread.run_sync(shutil.copytree, snap, tmp_path / "copy" / "services")
+    finally:
+        await first.stop()
+
+    reset_moto()
+    second: Stack = await nursery.start(run_stack, attrs.evolve(settings, data_dir=tmp_path / "copy"))
+    try:
+        s3, sqs = second.client("s3"), second.client("sqs")
+        listed = await second.call(s3, "list_objects_v2", Bucket="live-bucket")
+        assert sorted(o["Key"] for o in listed["Contents"]) == ["big", "big2", "small"]
+        assert (await second.call(s3, "get_object", Bucket="live-bucket", Key="small"))["Body"] == b"s" * 100
+        assert (await second.call(s3, "get_object", Bucket="live-bucket", Key="big"))["Body"] == big
+        assert (await second.call(s3, "get_object", Bucket="live-bucket", Key="big2"))["Body"] == big[::-1]
+        url = (await second.call(sqs, "get_queue_url", QueueName="live-q"))["QueueUrl"]
+        got = await second.call(sqs, "receive_message", QueueUrl=url, MaxNumberOfMessages=10)
+        assert sorted(m["Body"] for m in got["Messages"]) == ["m2", "m3"]
+    finally:
+        await second.stop()
+
+
+def _save_s3_format_1(directory: Path) -> None:
+    """What flocid wrote before object content moved to files of its own: buckets pickled whole."""
+    from moto.s3.models import s3_backends
+
+    from flocid.services import persist
+
+    buckets = [(account, partition, bucket) for account in list(s3_backends.keys())
+               for partition in list(s3_backends[account].keys())
+               for bucket in s3_backends[account][partition].buckets.values()]
+    (directory / "s3.pickle").write_bytes(persist._dumps({"format": 1, "buckets": buckets}))
+
+
+async def test_an_s3_snapshot_of_the_earlier_format_still_loads(tmp_path: Path, nursery: trio.Nursery) -> None:
+    settings = settings_for(tmp_path, services_snapshot_interval_ms=0)
+    big = b"b" * 100_000
+    reset_moto()
+    first: Stack = await nursery.start(run_stack, settings)
+    s3 = first.client("s3")
+    await first.call(s3, "create_bucket", Bucket="old-bucket")
+    await first.call(s3, "put_object", Bucket="old-bucket", Key="big", Body=big)
+    await first.call(s3, "put_object", Bucket="old-bucket", Key="small", Body=b"s")
+    await first.stop()
+    snap = tmp_path / "data" / "services"
+    await trio.to_thread.run_sync(_save_s3_format_1, snap)
+    import shutil
+
+    shutil.rmtree(snap / "s3-objects")
+    reset_moto()
+    second: Stack = await nursery.start(run_stack, settings)
+    try:
+        s3 = second.client("s3")
+        assert (await second.call(s3, "get_object", Bucket="old-bucket", Key="big"))["Body"] == big
+        assert (await second.call(s3, "get_object", Bucket="old-bucket", Key="small"))["Body"] == b"s"
+    finally:
+        await second.stop()
+    # The clean stop wrote the current format: the big object's content in a file of its own.
+    assert len(list((snap / "s3-objects").iterdir())) == 1
+
+
+async def test_an_s3_snapshot_missing_a_content_file_is_set_aside_whole(tmp_path: Path, nursery: trio.Nursery) -> None:
+    settings = settings_for(tmp_path, services_snapshot_interval_ms=0)
+    reset_moto()
+    first: Stack = await nursery.start(run_stack, settings)
+    s3, sqs = first.client("s3"), first.client("sqs")
+    await first.call(s3, "create_bucket", Bucket="b-lost")
+    await first.call(s3, "put_object", Bucket="b-lost", Key="a", Body=b"a" * 100_000)
+    await first.call(s3, "put_object", Bucket="b-lost", Key="b", Body=b"b" * 100_000)
+    await first.call(sqs, "create_queue", QueueName="still-here")
+    await first.stop()
+    snap = tmp_path / "data" / "services"
+    files = sorted((snap / "s3-objects").iterdir())
+    assert len(files) == 2
+    files[0].unlink()
+    reset_moto()
+    second: Stack = await nursery.start(run_stack, settings)
+    try:
+        assert (await second.call(second.client("s3"), "list_buckets"))["Buckets"] == []
+        assert (await second.call(second.client("sqs"), "get_queue_url", QueueName="still-here"))["QueueUrl"]
+    finally:
+        await second.stop()
+    # The pickle and the content files it names are kept aside together, for a person to look at,
+    # and the fresh snapshot did not delete them.
+    assert (snap / "s3.pickle.unreadable").is_file()
+    assert [p.name for p in (snap / "s3-objects.unreadable").iterdir()] == [files[1].name]
+
+
 
 async def test_busy_moto_does_not_stall_the_lambda_api(stack: Stack) -> None:
     """While moto is busy (its limiter held, as during a slow upload), S3 requests wait but the

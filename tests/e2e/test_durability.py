@@ -140,6 +140,66 @@ def test_kill9_keeps_every_acknowledged_change(server: Server) -> None:
         assert lam.get_function_configuration(FunctionName=name, Qualifier="1")["Version"] == "1"
 
 
+def test_kill9_keeps_the_companion_services_state(server: Server) -> None:
+    """S3, SQS, Kinesis and DynamoDB written through boto3; once the periodic snapshot holds the
+    last write of each (its file is newer than that write), SIGKILL; a new process on the same data
+    dir has all of it."""
+    url = f"http://127.0.0.1:{server.port}"
+    s3, sqs = client(url, service="s3"), client(url, service="sqs")
+    kin, ddb = client(url, service="kinesis"), client(url, service="dynamodb")
+    snap = server.data_dir / "services"
+    written: dict[str, float] = {}
+    big = os.urandom(300_000)  # content in a file of its own (over 64 KiB)
+
+    s3.create_bucket(Bucket="durable")
+    s3.put_object(Bucket="durable", Key="small.txt", Body=b"hello")
+    s3.put_object(Bucket="durable", Key="code.zip", Body=big)
+    written["s3.pickle"] = time.time()
+    q = sqs.create_queue(QueueName="durable-q")["QueueUrl"]
+    for i in range(5):
+        sqs.send_message(QueueUrl=q, MessageBody=f"m{i}")
+    got = sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=1)["Messages"][0]
+    sqs.delete_message(QueueUrl=q, ReceiptHandle=got["ReceiptHandle"])
+    written["sqs.pickle"] = time.time()
+    kin.create_stream(StreamName="durable-s", ShardCount=1)
+    seqs = [kin.put_record(StreamName="durable-s", Data=f"r{i}".encode(), PartitionKey="p")["SequenceNumber"]
+            for i in range(4)]
+    written["kinesis.pickle"] = time.time()
+    ddb.create_table(TableName="durable-t", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                     BillingMode="PAY_PER_REQUEST")
+    for i in range(3):
+        ddb.put_item(TableName="durable-t", Item={"id": {"S": f"i{i}"}, "n": {"N": str(i)}})
+    written["dynamodb.pickle"] = time.time()
+
+    def fresh() -> bool:
+        try:
+            return all((snap / name).stat().st_mtime > t for name, t in written.items())
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 15  # the interval is 1 s by default
+    while not fresh():
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.05)
+    server.kill9()
+    server.start()
+
+    s3, sqs = client(url, service="s3"), client(url, service="sqs")
+    kin, ddb = client(url, service="kinesis"), client(url, service="dynamodb")
+    assert s3.get_object(Bucket="durable", Key="small.txt")["Body"].read() == b"hello"
+    assert s3.get_object(Bucket="durable", Key="code.zip")["Body"].read() == big
+    q = sqs.get_queue_url(QueueName="durable-q")["QueueUrl"]
+    bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=10)["Messages"]]
+    assert sorted(bodies) == sorted(f"m{i}" for i in range(5) if f"m{i}" != got["Body"])
+    shard = kin.describe_stream(StreamName="durable-s")["StreamDescription"]["Shards"][0]["ShardId"]
+    it = kin.get_shard_iterator(StreamName="durable-s", ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+    records = kin.get_records(ShardIterator=it["ShardIterator"])["Records"]
+    assert [(r["SequenceNumber"], r["Data"]) for r in records] == [(seq, f"r{i}".encode()) for i, seq in enumerate(seqs)]
+    items = ddb.scan(TableName="durable-t")["Items"]
+    assert sorted((i["id"]["S"], i["n"]["N"]) for i in items) == [("i0", "0"), ("i1", "1"), ("i2", "2")]
+
+
 def test_port_taken_is_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
