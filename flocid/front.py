@@ -238,10 +238,11 @@ class Front:
         try:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
             status, out, payload = await self._respond(scope["path"], head.query, headers, body, True)
+            out.append((b"content-length", b"%d" % len(payload)))
+            # Still in flight until written: a graceful stop waits for the response, not just its result.
+            await stream.send_all(render_head(status, out, close=not head.keep_alive) + payload)
         finally:
             gateway.request_done()
-        out.append((b"content-length", b"%d" % len(payload)))
-        await stream.send_all(render_head(status, out, close=not head.keep_alive) + payload)
 
     async def _asgi(self, stream: trio.SocketStream, buf: bytearray, head: RequestHead,
                     scope: dict[str, Any]) -> bool:
