@@ -1,7 +1,7 @@
 """The companion AWS services at :4566 (S3, SQS, Kinesis, DynamoDB + Streams, CloudWatch Logs).
 
     services = create_services_app(settings)      # settings with the real port (after binding)
-    await root.start(services.serve)               # restores / saves the S3 + SQS snapshot
+    await root.start(services.serve)               # restores the snapshot, saves what changed (and on stop)
     Gateway(create_app(...), services_app=services)
 
 For the Lambda side: ``await services.get_s3_object(bucket, key, version)`` and
