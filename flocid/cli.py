@@ -24,9 +24,37 @@ the environment. SIGTERM or Ctrl-C stops the daemon cleanly.
 """
 
 
+#: Settings with no flag: read from the environment only (listed at the end of ``serve --help``).
+ENV_ONLY_HELP = {
+    "FLOCI_HOSTNAME": "the name functions and clients use for flocid (AWS_ENDPOINT_URL, queue and "
+                      "function URLs)",
+    "FLOCI_SERVICES_LAMBDA_DOCKER_NETWORK": "the Docker network functions join (default: the bridge; "
+                                            "flocid's own network when it runs in a container)",
+    "FLOCI_SERVICES_LAMBDA_DOCKER_HOST_OVERRIDE": "the address containers use to reach flocid",
+    "FLOCI_SERVICES_LAMBDA_CONTAINER_NAME_PREFIX": "prefix of container names (default flocid)",
+    "FLOCI_SERVICES_LAMBDA_AWS_CONFIG_PATH": "a host ~/.aws mounted read-only into functions instead of "
+                                             "credentials in their environment",
+    "FLOCI_SERVICES_LAMBDA_POLL_INTERVAL_MS": "how often event source mappings poll an idle source "
+                                              "(default 1000)",
+    "FLOCI_SERVICES_SNAPSHOT_INTERVAL_MS": "write the companion services' snapshot this long after a "
+                                           "change (default 1000; 0: only on a clean stop)",
+    "FLOCI_DNS_EXTRA_SUFFIXES": "comma-separated names the DNS responder also answers",
+    "FLOCI_DNS_PORT": "port of the DNS responder given to containers (default 53; 0: off)",
+    "FLOCI_STORAGE_PERSISTENT_PATH": "Floci's name for FLOCI_DATA_DIR",
+}
+
+
+def _env_only_epilog() -> str:
+    width = max(len(k) for k in ENV_ONLY_HELP)
+    lines = ["settings read from the environment only:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in ENV_ONLY_HELP.items()]
+    return "\n".join(lines)
+
+
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve", help="run the daemon (the Lambda API on :4566)", description=SERVE_HELP,
+        epilog=_env_only_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; the Docker bridge gateway "

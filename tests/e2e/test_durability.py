@@ -237,6 +237,11 @@ def test_serve_help_explains_options() -> None:
     for needle in ("--port", "--data-dir", "FLOCI_SERVICES_LAMBDA_DEFAULT_MEMORY_MB",
                    "FLOCI_SERVICES_LAMBDA_REGION_CONCURRENCY_LIMIT", "SIGTERM"):
         assert needle in out.stdout
+    # every setting flocid reads from the environment is named there, flag or not
+    from flocid.config import _ENV_NAMES
+
+    missing = [name for names in _ENV_NAMES.values() for name in names if name not in out.stdout]
+    assert not missing, f"serve --help does not name {missing}"
 
 
 def test_unreferenced_code_is_collected_at_restart(server: Server) -> None:
