@@ -116,6 +116,30 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
 
+#: Descriptors flocid wants: each warm environment holds ~5 (its Runtime API listener and
+#: connection, Docker's log and wait streams), so 200 environments pass a soft limit of 1024
+#: (systemd's default) and accept() would fail with EMFILE.
+WANTED_FDS = 65536
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE towards ``WANTED_FDS`` (never above the hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = WANTED_FDS if hard == resource.RLIM_INFINITY else min(WANTED_FDS, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("flocid").warning("cannot raise the open-files limit from %d: %s", soft, exc)
+            return
+    if want < 4096:
+        logging.getLogger("flocid").warning(
+            "open files limited to %d: a few hundred warm containers need more (raise the hard limit, "
+            "e.g. LimitNOFILE= in the systemd unit)", want)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = _settings_from(args)
@@ -127,6 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    raise_fd_limit()
     from flocid.daemon import SHUTDOWN_GRACE_SECONDS, StartupError, run_daemon
 
     async def main() -> None:
