@@ -9,7 +9,7 @@ import pytest
 from flocid.cli import WANTED_FDS, raise_fd_limit
 
 
-def test_the_open_files_limit_is_raised_for_hundreds_of_containers(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_open_files_limit_is_raised_for_hundreds_of_containers() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 1024:
         pytest.skip(f"the hard RLIMIT_NOFILE here is {hard}: nothing to raise to")
