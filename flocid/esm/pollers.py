@@ -18,16 +18,24 @@ Workers scale with the queue: a full batch starts one more worker (up to the cap
 receive retires a worker (the last one stays and waits the poll interval). Stopping is cooperative:
 ``stop`` set, no new receive starts, batches in flight finish, then the task returns.
 
-Streams: one task per shard, records in order. A batch is retried until it succeeds, it exceeds
-MaximumRetryAttempts or MaximumRecordAgeInSeconds (then its AWS failure record goes to the
-OnFailure destination and the shard moves on), or, with BisectBatchOnFunctionError, split in two
-(a split does not count as a retry). A partial batch response retries from the lowest failed
-sequence number. The checkpoint (durable, in the store) advances after each settled batch.
-ParallelizationFactor and TumblingWindowInSeconds are stored but not acted upon.
+Streams: one task per shard. Records with the same partition key (Kinesis PartitionKey, DynamoDB
+Streams item key) are delivered in order and never in two concurrent batches; up to
+ParallelizationFactor batches of a shard are in flight at once (``flocid.esm.shards.ShardLanes``).
+A batch is retried until it succeeds, it exceeds MaximumRetryAttempts or MaximumRecordAgeInSeconds
+(then its AWS failure record goes to the OnFailure destination and the shard moves on), or, with
+BisectBatchOnFunctionError, split in two (a split does not count as a retry). A partial batch
+response retries from the lowest failed sequence number. The checkpoint (durable, in the store)
+moves past a record once it and every earlier record of the shard is settled
+(``flocid.esm.shards.Watermark``), so a restart never skips an unprocessed record.
+With TumblingWindowInSeconds the shard's batches run one at a time, grouped by the window of their
+arrival time, each invoke carrying the window's state, and a final invoke
+(``isFinalInvokeForWindow``, no records) closes the window; the checkpoint moves past a window once
+its final invoke is done (``flocid.esm.shards.TumblingWindow``).
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import logging
@@ -40,6 +48,7 @@ import attrs
 import trio
 
 from flocid.esm import filters
+from flocid.esm.shards import ShardLanes, TumblingWindow, Watermark, partition_key, window_start
 from flocid.lambda_.errors import LambdaError, TooManyRequests
 
 log = logging.getLogger("flocid.esm")
@@ -273,10 +282,38 @@ class StreamPollerConfig:
     report_failures: bool
     patterns: list[dict[str, Any]]
     poll_interval: float
+    #: ParallelizationFactor: batches of one shard in flight at once (1-10).
+    parallelization: int = 1
+    #: TumblingWindowInSeconds (0: no window).
+    tumbling_window: int = 0
 
 
 Checkpoint = Callable[[str, str], Awaitable[None]]
 OnFailure = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: Records a shard reads ahead of its checkpoint, in batches per lane: bounds what is held in memory
+#: while one key's batch keeps failing and the other lanes run on.
+READ_AHEAD_BATCHES = 4
+
+
+@attrs.define
+class _Shard:
+    """What the tasks of one shard share."""
+
+    cfg: StreamPollerConfig
+    source: StreamSource
+    invoke: Invoke
+    shard: str
+    save_checkpoint: Checkpoint
+    on_failure: OnFailure | None
+    stop: trio.Event
+    stats: PollerStats
+    on_activity: Callable[[], None]
+    clock: Callable[[], float]
+
+    def passes(self, r: StreamRecord) -> bool:
+        view = filters.kinesis_view if self.cfg.kind == "kinesis" else (lambda rec: rec)
+        return filters.matches_any(self.cfg.patterns, view(r.record))
 
 
 async def serve_stream_mapping(
@@ -290,97 +327,256 @@ async def serve_stream_mapping(
     stats: PollerStats,
     on_activity: Callable[[], None] = lambda: None,
     *,
+    clock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """One task per shard, each in order: read from the checkpoint (or StartingPosition), invoke,
-    checkpoint after success; failures retried per MaximumRetryAttempts / MaximumRecordAgeInSeconds /
-    BisectBatchOnFunctionError, then sent to the OnFailure destination and skipped."""
+    """One task per shard: read from the checkpoint (or StartingPosition), invoke (up to
+    ParallelizationFactor batches at once, or window by window with TumblingWindowInSeconds),
+    checkpoint what is settled; failures retried per MaximumRetryAttempts /
+    MaximumRecordAgeInSeconds / BisectBatchOnFunctionError, then sent to the OnFailure destination
+    and skipped. ``clock`` is the wall clock record arrival times are on (a test's trio clock)."""
     shards = await source.shards(cfg.stream_arn)
     async with trio.open_nursery() as nursery:
         for shard in shards:
-            nursery.start_soon(_serve_shard, cfg, source, invoke, shard, checkpoints.get(shard),
-                               save_checkpoint, on_failure, stop, stats, on_activity)
+            run = _Shard(cfg, source, invoke, shard, save_checkpoint, on_failure, stop, stats, on_activity, clock)
+            nursery.start_soon(_serve_shard, run, checkpoints.get(shard))
         task_status.started()
 
 
-async def _serve_shard(cfg: StreamPollerConfig, source: StreamSource, invoke: Invoke, shard: str,
-                       after: str | None, save_checkpoint: Checkpoint, on_failure: OnFailure | None,
-                       stop: trio.Event, stats: PollerStats, on_activity: Callable[[], None]) -> None:
+async def _serve_shard(run: _Shard, after: str | None) -> None:
+    cfg = run.cfg
     if after is not None:
-        it = await source.iterator(cfg.stream_arn, shard, "AFTER_SEQUENCE_NUMBER", after, None)
+        it = await run.source.iterator(cfg.stream_arn, run.shard, "AFTER_SEQUENCE_NUMBER", after, None)
     else:
-        it = await source.iterator(cfg.stream_arn, shard, cfg.starting_position, None, cfg.starting_timestamp)
-    view = filters.kinesis_view if cfg.kind == "kinesis" else (lambda r: r)
-    while not stop.is_set():
-        it, recs = await source.records(cfg.stream_arn, it, cfg.batch_size)
-        on_activity()
+        it = await run.source.iterator(cfg.stream_arn, run.shard, cfg.starting_position, None,
+                                       cfg.starting_timestamp)
+    if cfg.tumbling_window > 0:
+        await _serve_shard_windowed(run, it)
+    else:
+        await _serve_shard_lanes(run, it)
+
+
+async def _serve_shard_lanes(run: _Shard, it: str) -> None:
+    """ParallelizationFactor lanes: the reader queues each record on its key's lane, a free lane
+    with records queued starts its next batch, the checkpoint follows the ``Watermark``."""
+    cfg = run.cfg
+    lanes: ShardLanes[StreamRecord] = ShardLanes(cfg.parallelization, cfg.batch_size)
+    mark = Watermark()
+    cap = cfg.parallelization * cfg.batch_size * READ_AHEAD_BATCHES
+    saved: str | None = None
+    save_lock = trio.Lock()
+    room = trio.Event()
+
+    async def checkpoint() -> None:
+        # One writer at a time, always the newest checkpoint: two batches settling together must
+        # not store an older one last.
+        nonlocal saved
+        async with save_lock:
+            cp = mark.checkpoint
+            if cp is not None and cp != saved:
+                await run.save_checkpoint(run.shard, cp)
+                saved = cp
+
+    async with trio.open_nursery() as nursery:
+
+        def dispatch() -> None:
+            while not run.stop.is_set() and (got := lanes.next_batch()) is not None:
+                nursery.start_soon(deliver, *got)
+
+        async def deliver(lane: int, batch: list[StreamRecord]) -> None:
+            await _deliver_stream_batch(run, batch)
+            lanes.done(lane)
+            mark.settle([r.sequence for r in batch])
+            await checkpoint()
+            run.on_activity()
+            room.set()
+            dispatch()
+
+        while not run.stop.is_set():
+            free = cap - mark.pending
+            if free <= 0:
+                room = trio.Event()
+                with trio.move_on_after(cfg.poll_interval):
+                    await room.wait()
+                continue
+            it, recs = await run.source.records(cfg.stream_arn, it, min(cfg.batch_size, free))
+            run.on_activity()
+            if not recs:
+                with trio.move_on_after(cfg.poll_interval):
+                    await run.stop.wait()
+                continue
+            mark.track([r.sequence for r in recs])
+            dropped = []
+            for r in recs:
+                if run.passes(r):
+                    lanes.add(r, partition_key(cfg.kind, r.record))
+                else:
+                    dropped.append(r.sequence)
+            if dropped:
+                run.stats.filtered += len(dropped)
+                mark.settle(dropped)
+                await checkpoint()
+            dispatch()
+
+
+async def _serve_shard_windowed(run: _Shard, it: str) -> None:
+    """TumblingWindowInSeconds: the shard's batches one at a time (each invoke gets the state the
+    previous one returned, so ParallelizationFactor has nothing to run in parallel), grouped by
+    the window their arrival time falls in. A window's final invoke comes once a read that started
+    after its end found nothing more of it, or a record of a later window arrives. The checkpoint
+    moves past a window's records after its final invoke (AWS: "After successful invocation, your
+    function checkpoints the sequence number"), so a restart replays an unfinished window from its
+    first record with a fresh state (at-least-once)."""
+    cfg = run.cfg
+    pending: collections.deque[StreamRecord] = collections.deque()
+    window: TumblingWindow | None = None
+    consumed: str | None = None  # the last record handled, in shard order
+    saved: str | None = None
+
+    async def checkpoint() -> None:
+        nonlocal saved
+        if consumed is not None and consumed != saved:
+            await run.save_checkpoint(run.shard, consumed)
+            saved = consumed
+
+    while not run.stop.is_set():
+        polled_at = run.clock()
+        it, recs = await run.source.records(cfg.stream_arn, it, cfg.batch_size)
+        run.on_activity()
+        pending.extend(recs)
+        while pending and not run.stop.is_set():
+            if window is not None and not window.contains(pending[0].arrival):
+                await _final_invoke(run, window)
+                window = None
+                await checkpoint()
+                continue
+            take: list[StreamRecord] = []
+            passing: list[StreamRecord] = []
+            while pending and len(passing) < cfg.batch_size:
+                r = pending[0]
+                if window is not None and not window.contains(r.arrival):
+                    break
+                ok = run.passes(r)
+                if ok and window is None:
+                    window = TumblingWindow(window_start(r.arrival, cfg.tumbling_window), cfg.tumbling_window,
+                                            run.shard, cfg.stream_arn)
+                take.append(pending.popleft())
+                if ok:
+                    passing.append(r)
+            run.stats.filtered += len(take) - len(passing)
+            if passing:
+                assert window is not None
+                await _deliver_stream_batch(run, passing, window)
+                if window.terminated_early:
+                    await _final_invoke(run, window)
+                    window.restart_after_early_end()
+            consumed = take[-1].sequence
+            if window is None:
+                await checkpoint()  # only filtered-out records: no window holds them
+            run.on_activity()
+        if window is not None and not pending and polled_at >= window.end and not run.stop.is_set():
+            await _final_invoke(run, window)
+            window = None
+            await checkpoint()
+            run.on_activity()
         if not recs:
             with trio.move_on_after(cfg.poll_interval):
-                await stop.wait()
-            continue
-        passing = [r for r in recs if filters.matches_any(cfg.patterns, view(r.record))]
-        stats.filtered += len(recs) - len(passing)
-        if passing:
-            await _deliver_stream_batch(cfg, invoke, shard, passing, on_failure, stats)
-        await save_checkpoint(shard, recs[-1].sequence)
-        on_activity()
+                await run.stop.wait()
 
 
-async def _deliver_stream_batch(cfg: StreamPollerConfig, invoke: Invoke, shard: str, batch: list[StreamRecord],
-                                on_failure: OnFailure | None, stats: PollerStats) -> None:
+def _stream_event(run: _Shard, records: list[StreamRecord], window: TumblingWindow | None, *,
+                  final: bool = False) -> bytes:
+    doc = (window.event([r.record for r in records], final=final) if window is not None
+           else {"Records": [r.record for r in records]})
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+async def _invoke_counted(run: _Shard, payload: bytes) -> tuple[bool, bytes]:
+    stats = run.stats
+    stats.batches += 1
+    stats.in_flight += 1
+    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    try:
+        return await _invoke_with_backoff(run.invoke, payload, stats)
+    except LambdaError:
+        return False, b""
+    finally:
+        stats.in_flight -= 1
+
+
+async def _final_invoke(run: _Shard, window: TumblingWindow) -> None:
+    """The window's last invoke (no records, ``isFinalInvokeForWindow``), retried until it succeeds
+    (AWS: "If invocation is unsuccessful, your Lambda function suspends further processing until a
+    successful invocation") or MaximumRetryAttempts is exhausted (the window's state is dropped)."""
+    attempts = 0
+    while True:
+        ok, response = await _invoke_counted(run, _stream_event(run, [], window, final=True))
+        attempts += 1
+        if ok and TumblingWindow.response_state(response) is not None:
+            run.stats.succeeded += 1
+            run.stats.last_result = "OK"
+            return
+        run.stats.failed += 1
+        run.stats.last_result = "PROBLEM: Function call failed"
+        if run.cfg.max_retries != -1 and attempts > run.cfg.max_retries:
+            log.warning("event source mapping %s: final invoke of the window at %s on %s failed %d times; "
+                        "its state is dropped", run.cfg.uuid, window.start, run.shard, attempts)
+            return
+        await trio.sleep(min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
+
+
+async def _deliver_stream_batch(run: _Shard, batch: list[StreamRecord], window: TumblingWindow | None = None) -> None:
+    cfg, stats = run.cfg, run.stats
     pending = [batch]
     while pending:
         part = pending.pop(0)
         attempts = 0
         while part:
-            payload = json.dumps({"Records": [r.record for r in part]}, separators=(",", ":")).encode()
-            stats.batches += 1
-            stats.in_flight += 1
-            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-            try:
-                ok, response = await _invoke_with_backoff(invoke, payload, stats)
-            except LambdaError:
-                ok, response = False, b""
-            finally:
-                stats.in_flight -= 1
+            ok, response = await _invoke_counted(run, _stream_event(run, part, window))
             attempts += 1
+            state = TumblingWindow.response_state(response) if window is not None and ok else None
+            if window is not None and state is None:
+                ok = False  # AWS: a response without a state property is a failed invocation
             if ok and cfg.report_failures:
                 failures = failed_items(response, [r.sequence for r in part])
                 if failures is None:
                     ok = False
                 elif failures:
-                    # Retry from the lowest failed sequence number on (AWS's checkpoint rule).
+                    # Retry from the lowest failed sequence number on (AWS's checkpoint rule); the
+                    # state of the partial success goes on with the records that came through.
                     first = min(i for i, r in enumerate(part) if r.sequence in set(failures))
+                    stats.records += first
                     if first > 0:
                         part = part[first:]
+                    if window is not None and state is not None:
+                        window.accept(state)
                     ok = False
             if ok:
+                if window is not None and state is not None:
+                    window.accept(state)
                 stats.succeeded += 1
                 stats.records += len(part)
                 stats.last_result = "OK"
                 break
             stats.failed += 1
             stats.last_result = "PROBLEM: Function call failed"
-            too_old = cfg.max_age != -1 and min(r.arrival for r in part) + cfg.max_age < _now()
+            too_old = cfg.max_age != -1 and min(r.arrival for r in part) + cfg.max_age < run.clock()
             exhausted = cfg.max_retries != -1 and attempts > cfg.max_retries
             if cfg.bisect and len(part) > 1 and not too_old and not exhausted:
                 half = len(part) // 2
                 pending[:0] = [part[:half], part[half:]]
                 break
             if too_old or exhausted:
-                if on_failure is not None:
-                    await on_failure(_failure_record(cfg, shard, part, attempts,
-                                                     "RecordAgeExceeded" if too_old else "RetryAttemptsExhausted"))
+                if run.on_failure is not None:
+                    await run.on_failure(_failure_record(cfg, run.shard, part, attempts,
+                                                         "RecordAgeExceeded" if too_old else "RetryAttemptsExhausted",
+                                                         run.clock()))
                 break
             await trio.sleep(min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
 
 
-def _now() -> float:
-    return time.time()
-
-
 def _failure_record(cfg: StreamPollerConfig, shard: str, part: list[StreamRecord], attempts: int,
-                    condition: str) -> dict[str, Any]:
+                    condition: str, now: float) -> dict[str, Any]:
     def iso(t: float) -> str:
         return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds").replace(
             "+00:00", "Z")
@@ -391,7 +587,7 @@ def _failure_record(cfg: StreamPollerConfig, shard: str, part: list[StreamRecord
                            "condition": condition, "approximateInvokeCount": attempts},
         "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
         "version": "1.0",
-        "timestamp": iso(_now()),
+        "timestamp": iso(now),
         info_key: {
             "shardId": shard, "startSequenceNumber": part[0].sequence, "endSequenceNumber": part[-1].sequence,
             "approximateArrivalOfFirstRecord": iso(part[0].arrival),

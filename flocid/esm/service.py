@@ -499,6 +499,8 @@ class EsmService:
             report_failures="ReportBatchItemFailures" in m.get("FunctionResponseTypes", []),
             patterns=filters.parse_criteria(m.get("FilterCriteria")),
             poll_interval=max(self.settings.poll_interval_ms, 1) / 1000,
+            parallelization=int(m.get("ParallelizationFactor") or 1),
+            tumbling_window=int(m.get("TumblingWindowInSeconds") or 0),
         )
         dest = (m.get("DestinationConfig") or {}).get("OnFailure", {}).get("Destination")
 
@@ -613,6 +615,10 @@ class EsmService:
                 raise InvalidParameterValue(
                     "Unsupported DestinationConfig parameter for given event source mapping type.")
             m["DestinationConfig"] = {"OnFailure": {"Destination": on_failure} if on_failure else {}}
+        for key in ("ParallelizationFactor", "TumblingWindowInSeconds"):
+            if not stream and body.get(key) is not None:
+                # AWS's wording for a stream-only field on SQS (serverless/serverless#7049 quotes it).
+                raise InvalidParameterValue(f"Unsupported {key} parameter for given event source mapping type.")
         if stream:
             for key, lo, hi, wire in (
                 ("MaximumRecordAgeInSeconds", -1, 604800, "maximumRecordAgeInSeconds"),
