@@ -766,3 +766,165 @@ async def test_a_checkpoint_past_the_end_of_a_shard_does_not_skip_new_records(
     # Nothing lost; what came again is what the older snapshot held, before the new record.
     assert kin_rows() == ["a", "b", "c", "d", "e", "a", "b", "f"]
     assert ddb_keys() == ["a", "b", "c", "d", "e", "a", "b", "f"]
+
+
+# ---- ParallelizationFactor and tumbling windows ---------------------------------------------------------
+
+TIMED_KINESIS_HANDLER = (
+    "import base64, json, os, time\n"
+    "OUT = {out!r}\n"
+    "def handler(event, context):\n"
+    "    t0 = time.time()\n"
+    "    time.sleep(0.3)\n"
+    "    rows = [[r['kinesis']['partitionKey'], base64.b64decode(r['kinesis']['data']).decode()]\n"
+    "            for r in event['Records']]\n"
+    "    line = json.dumps({{'t0': t0, 't1': time.time(), 'rows': rows}}) + '\\n'\n"
+    "    fd = os.open(OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+    "    os.write(fd, line.encode())\n"
+    "    os.close(fd)\n"
+)
+
+
+async def test_parallelization_factor_overlaps_batches_of_one_shard_in_key_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "par.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        kin = _Async(client(s.daemon.url, service="kinesis"))
+        await kin.create_stream(StreamName="ps", ShardCount=1)
+        arn = (await kin.describe_stream(StreamName="ps"))["StreamDescription"]["StreamARN"]
+        await make_fn(s.aws, "pf", make_zip({"index.py": TIMED_KINESIS_HANDLER.format(out=str(out))}))
+        sent = [(f"pk{i % 4}", f"{i % 4}-{i}") for i in range(32)]
+        for key, data in sent:
+            await kin.put_record(StreamName="ps", Data=data.encode(), PartitionKey=key)
+        m = await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="pf", StartingPosition="TRIM_HORIZON", BatchSize=2,
+            ParallelizationFactor=4)
+        assert m["ParallelizationFactor"] == 4
+
+        def rows() -> list[list[str]]:
+            return [r for x in lines(out) for r in x["rows"]]
+
+        async def all_seen() -> bool:
+            return len(rows()) >= len(sent)
+
+        await wait_for(s.esm, all_seen, 60)
+        events = sorted([(x["t0"], 1) for x in lines(out)] + [(x["t1"], -1) for x in lines(out)])
+        level = peak = 0
+        for _t, d in events:
+            level += d
+            peak = max(peak, level)
+        assert 1 < peak <= 4  # batches of the one shard ran side by side
+        got = [r for x in sorted(lines(out), key=lambda x: x["t0"]) for r in x["rows"]]
+        assert sorted(d for _k, d in got) == sorted(d for _k, d in sent)  # each exactly once
+        for key in {k for k, _d in sent}:
+            assert [d for k, d in got if k == key] == [d for k, d in sent if k == key]  # per key in order
+            # a key's batches never overlapped
+            spans = sorted((x["t0"], x["t1"]) for x in lines(out) if any(k == key for k, _d in x["rows"]))
+            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+        stats = s.esm.statistics(m["UUID"])
+        assert stats is not None and stats.max_in_flight > 1 and stats.failed == 0
+
+        async def checkpointed() -> bool:
+            shard_cp = s.esm.store.checkpoints(m["UUID"])
+            return len(shard_cp) == 1 and stats is not None and stats.records == len(sent)
+
+        await wait_for(s.esm, checkpointed, 30)
+        last = (await kin.get_records(ShardIterator=(await kin.get_shard_iterator(
+            StreamName="ps", ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON"))["ShardIterator"],
+            Limit=100))["Records"][-1]["SequenceNumber"]
+        assert s.esm.store.checkpoints(m["UUID"]) == {"shardId-000000000000": last}
+
+
+WINDOW_HANDLER = (
+    "import json, os\n"
+    "OUT = {out!r}\n"
+    "def handler(event, context):\n"
+    "    state = dict(event['state'])\n"
+    "    for r in event['Records']:\n"
+    "        k = r['kinesis']['partitionKey']\n"
+    "        state[k] = state.get(k, 0) + 1\n"
+    "    line = json.dumps({{'window': event['window'], 'in': event['state'], 'out': state,\n"
+    "                       'n': len(event['Records']), 'final': event['isFinalInvokeForWindow'],\n"
+    "                       'early': event['isWindowTerminatedEarly'], 'shard': event['shardId'],\n"
+    "                       'arn': event['eventSourceARN']}}) + '\\n'\n"
+    "    fd = os.open(OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+    "    os.write(fd, line.encode())\n"
+    "    os.close(fd)\n"
+    "    return {{'state': state, 'batchItemFailures': []}}\n"
+)
+
+
+async def test_tumbling_window_state_accumulates_until_the_final_invoke(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "win.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        kin = _Async(client(s.daemon.url, service="kinesis"))
+        await kin.create_stream(StreamName="ws", ShardCount=1)
+        arn = (await kin.describe_stream(StreamName="ws"))["StreamDescription"]["StreamARN"]
+        await make_fn(s.aws, "win", make_zip({"index.py": WINDOW_HANDLER.format(out=str(out))}))
+        m = await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="win", StartingPosition="TRIM_HORIZON", BatchSize=1,
+            TumblingWindowInSeconds=2)
+        assert m["TumblingWindowInSeconds"] == 2
+        keys = ["a", "b", "a", "c", "a", "b"]
+        for i, key in enumerate(keys):
+            await kin.put_record(StreamName="ws", Data=str(i).encode(), PartitionKey=key)
+
+        def finals() -> list[dict[str, Any]]:
+            return [x for x in lines(out) if x["final"]]
+
+        async def all_windows_closed() -> bool:
+            return sum(sum(x["in"].values()) for x in finals()) == len(keys)
+
+        await wait_for(s.esm, all_windows_closed, 60)
+        invokes = lines(out)
+        assert all(x["shard"] == "shardId-000000000000" and x["arn"] == arn and not x["early"] for x in invokes)
+        by_window: dict[str, list[dict[str, Any]]] = {}
+        for x in invokes:
+            by_window.setdefault(x["window"]["start"], []).append(x)
+        assert max(len(v) for v in by_window.values()) >= 3  # some window had two or more records
+        total: dict[str, int] = {}
+        for ws, seq in by_window.items():
+            # each invoke got the state the previous invoke of its window returned; the last one is final
+            assert seq[0]["in"] == {}
+            assert all(b["in"] == a["out"] for a, b in zip(seq, seq[1:], strict=False))
+            assert [x["final"] for x in seq] == [False] * (len(seq) - 1) + [True]
+            assert seq[-1]["n"] == 0 and all(x["n"] == 1 for x in seq[:-1])
+            end = seq[0]["window"]["end"]
+            assert all(x["window"] == {"start": ws, "end": end} for x in seq)
+            for k, v in seq[-1]["in"].items():
+                total[k] = total.get(k, 0) + v
+        assert total == {"a": 3, "b": 2, "c": 1}
+
+
+async def test_stream_only_fields_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_stack(tmp_path, monkeypatch, executor="none") as s:
+        lam = s.aws.lambda_
+        await make_fn(s.aws, "v", make_zip({"index.py": "def handler(e, c):\n    return 1\n"}))
+        _url, q = await make_queue(s.sqs, "vq")
+        for field, value in (("ParallelizationFactor", 2), ("TumblingWindowInSeconds", 60)):
+            await expect_error(lam.create_event_source_mapping(EventSourceArn=q, FunctionName="v", **{field: value}),
+                               400, "InvalidParameterValueException",
+                               f"Unsupported {field} parameter for given event source mapping type.")
+        sqs_map = await lam.create_event_source_mapping(EventSourceArn=q, FunctionName="v")
+        await s.esm.wait_settled(sqs_map["UUID"])
+        await expect_error(lam.update_event_source_mapping(UUID=sqs_map["UUID"], ParallelizationFactor=2), 400,
+                           "InvalidParameterValueException",
+                           "Unsupported ParallelizationFactor parameter for given event source mapping type.")
+        kin = _Async(client(s.daemon.url, service="kinesis"))
+        await kin.create_stream(StreamName="vs", ShardCount=1)
+        arn = (await kin.describe_stream(StreamName="vs"))["StreamDescription"]["StreamARN"]
+        # (below the minimum, botocore refuses before sending)
+        for field, wire, value, limit in (("ParallelizationFactor", "parallelizationFactor", 11, 10),
+                                          ("TumblingWindowInSeconds", "tumblingWindowInSeconds", 901, 900)):
+            await expect_error(lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="v",
+                                                               StartingPosition="LATEST", **{field: value}),
+                               400, "ValidationException",
+                               f"1 validation error detected: Value '{value}' at '{wire}' failed to satisfy "
+                               f"constraint: Member must have value less than or equal to {limit}")
+        m = await lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="v", StartingPosition="LATEST",
+                                                  ParallelizationFactor=10, TumblingWindowInSeconds=900)
+        assert m["ParallelizationFactor"] == 10 and m["TumblingWindowInSeconds"] == 900
+        await s.esm.wait_settled(m["UUID"])
+        up = await lam.update_event_source_mapping(UUID=m["UUID"], ParallelizationFactor=3, TumblingWindowInSeconds=0)
+        assert up["ParallelizationFactor"] == 3 and up["TumblingWindowInSeconds"] == 0
