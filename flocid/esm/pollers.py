@@ -401,6 +401,7 @@ async def _serve_shard_lanes(run: _Shard, it: str) -> None:
                 continue
             it, recs = await run.source.records(cfg.stream_arn, it, min(cfg.batch_size, free))
             run.on_activity()
+            recs = [r for r in recs if r.sequence not in mark]  # a record read twice is queued once
             if not recs:
                 with trio.move_on_after(cfg.poll_interval):
                     await run.stop.wait()

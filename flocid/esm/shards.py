@@ -119,6 +119,9 @@ class Watermark:
         """Records read and not yet behind the checkpoint (settled or not)."""
         return len(self._open)
 
+    def __contains__(self, sequence: str) -> bool:
+        return sequence in self._open
+
     def track(self, sequences: list[str]) -> None:
         for seq in sequences:
             if seq in self._open:

@@ -928,3 +928,47 @@ async def test_stream_only_fields_are_validated(tmp_path: Path, monkeypatch: pyt
         await s.esm.wait_settled(m["UUID"])
         up = await lam.update_event_source_mapping(UUID=m["UUID"], ParallelizationFactor=3, TumblingWindowInSeconds=0)
         assert up["ParallelizationFactor"] == 3 and up["TumblingWindowInSeconds"] == 0
+
+
+DDB_TIMED_HANDLER = (
+    "import json, os, time\n"
+    "OUT = {out!r}\n"
+    "def handler(event, context):\n"
+    "    t0 = time.time()\n"
+    "    time.sleep(0.2)\n"
+    "    rows = [[r['dynamodb']['Keys']['id']['S'], r['dynamodb']['NewImage']['v']['N']] for r in event['Records']]\n"
+    "    line = json.dumps({{'t0': t0, 't1': time.time(), 'rows': rows}}) + '\\n'\n"
+    "    fd = os.open(OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+    "    os.write(fd, line.encode())\n"
+    "    os.close(fd)\n"
+)
+
+
+async def test_parallelization_factor_on_dynamodb_keeps_each_item_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "ddbpar.jsonl"
+    async with open_stack(tmp_path, monkeypatch) as s:
+        ddb = _Async(client(s.daemon.url, service="dynamodb"))
+        table = await ddb.create_table(
+            TableName="pt", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"})
+        arn = table["TableDescription"]["LatestStreamArn"]
+        await make_fn(s.aws, "dpf", make_zip({"index.py": DDB_TIMED_HANDLER.format(out=str(out))}))
+        writes = [(f"item{i % 3}", str(i)) for i in range(15)]
+        for item, v in writes:
+            await ddb.put_item(TableName="pt", Item={"id": {"S": item}, "v": {"N": v}})
+        await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="dpf", StartingPosition="TRIM_HORIZON", BatchSize=1,
+            ParallelizationFactor=3)
+
+        async def all_seen() -> bool:
+            return sum(len(x["rows"]) for x in lines(out)) >= len(writes)
+
+        await wait_for(s.esm, all_seen, 60)
+        calls = sorted(lines(out), key=lambda x: x["t0"])
+        got = [tuple(r) for x in calls for r in x["rows"]]
+        assert sorted(got) == sorted(writes)
+        for item in ("item0", "item1", "item2"):
+            assert [v for i, v in got if i == item] == [v for i, v in writes if i == item]
+        assert any(a["t1"] > b["t0"] for a, b in zip(calls, calls[1:], strict=False))  # some overlap

@@ -77,8 +77,10 @@ def test_watermark_never_passes_an_unsettled_record() -> None:
     assert mark.pending == 2
     assert mark.settle(["4"]) == "5" and mark.pending == 0
     mark.track(["6"])
+    assert "6" in mark and "5" not in mark
     with pytest.raises(ValueError):
         mark.track(["6"])
+    assert "6" in mark and "5" not in mark
     with pytest.raises(ValueError):
         mark.settle(["9"])
 
