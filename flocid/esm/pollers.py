@@ -538,6 +538,7 @@ async def _deliver_stream_batch(run: _Shard, batch: list[StreamRecord], window: 
             state = TumblingWindow.response_state(response) if window is not None and ok else None
             if window is not None and state is None:
                 ok = False  # AWS: a response without a state property is a failed invocation
+            partial = False
             if ok and cfg.report_failures:
                 failures = failed_items(response, [r.sequence for r in part])
                 if failures is None:
@@ -551,7 +552,7 @@ async def _deliver_stream_batch(run: _Shard, batch: list[StreamRecord], window: 
                         part = part[first:]
                     if window is not None and state is not None:
                         window.accept(state)
-                    ok = False
+                    ok, partial = False, True
             if ok:
                 if window is not None and state is not None:
                     window.accept(state)
@@ -563,7 +564,10 @@ async def _deliver_stream_batch(run: _Shard, batch: list[StreamRecord], window: 
             stats.last_result = "PROBLEM: Function call failed"
             too_old = cfg.max_age != -1 and min(r.arrival for r in part) + cfg.max_age < run.clock()
             exhausted = cfg.max_retries != -1 and attempts > cfg.max_retries
-            if cfg.bisect and len(part) > 1 and not too_old and not exhausted:
+            # AWS: with both BisectBatchOnFunctionError and ReportBatchItemFailures, "the batch is
+            # bisected at the returned sequence number and Lambda retries only the remaining records"
+            # (with-kinesis, "Bisecting a batch"): the cut above is the bisection.
+            if cfg.bisect and not partial and len(part) > 1 and not too_old and not exhausted:
                 half = len(part) // 2
                 pending[:0] = [part[:half], part[half:]]
                 break

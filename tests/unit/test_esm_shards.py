@@ -355,3 +355,40 @@ async def test_tumbling_window_restart_replays_an_unfinished_window(autojump_clo
     assert [[r["kinesis"]["data"] for r in ev["Records"]] for ev in invokes] == [["a", "b", "c"], []]
     assert invokes[0]["state"] == {} and invokes[1]["state"] == {"n": 3}
     assert again.saved == ["0003"]
+
+
+async def test_partial_responses_bisect_and_on_failure_work_per_batch_in_parallel(autojump_clock: Any) -> None:
+    stream = MemStream()
+    for key, data in (("a", "a1"), ("a", "boom"), ("a", "a3"), ("b", "b1"), ("b", "p"), ("b", "b3")):
+        stream.put(key, data)
+    h = Harness(stream)
+    calls: list[list[str]] = []
+    partial_once = True
+
+    async def invoke(payload: bytes) -> tuple[bool, bytes]:
+        nonlocal partial_once
+        recs = json.loads(payload)["Records"]
+        data = [r["kinesis"]["data"] for r in recs]
+        calls.append(data)
+        await trio.sleep(1)
+        if "boom" in data:
+            return False, b'{"errorMessage": "boom"}'
+        if "p" in data and partial_once:
+            partial_once = False
+            seq = next(r["kinesis"]["sequenceNumber"] for r in recs if r["kinesis"]["data"] == "p")
+            return True, json.dumps({"batchItemFailures": [{"itemIdentifier": seq}]}).encode()
+        return True, b""
+
+    async with trio.open_nursery() as nursery:
+        await h.run(cfg(parallelization=2, batch_size=3, report_failures=True, bisect=True, max_retries=1),
+                    invoke, nursery)
+        await h.wait(lambda: bool(h.saved) and h.saved[-1] == "0006")
+        h.stop.set()
+    assert calls[:2] == [["a1", "boom", "a3"], ["b1", "p", "b3"]]  # the two keys' batches side by side
+    assert ["p", "b3"] in calls and calls.count(["b1", "p", "b3"]) == 1  # retried from the failed item on
+    # bisected down to the poison record, which went to OnFailure after its retry
+    assert calls.count(["boom"]) == 2 and ["a3"] in calls
+    assert len(h.failures) == 1
+    info = h.failures[0]["KinesisBatchInfo"]
+    assert info["batchSize"] == 1 and info["startSequenceNumber"] == "0002"
+    assert h.failures[0]["requestContext"]["condition"] == "RetryAttemptsExhausted"
