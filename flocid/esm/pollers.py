@@ -31,6 +31,10 @@ With TumblingWindowInSeconds the shard's batches run one at a time, grouped by t
 arrival time, each invoke carrying the window's state, and a final invoke
 (``isFinalInvokeForWindow``, no records) closes the window; the checkpoint moves past a window once
 its final invoke is done (``flocid.esm.shards.TumblingWindow``).
+
+Stopping a mapping (disable, delete, shutdown) ends a batch's retries (and a throttled invoke's
+backoff) at the next wait: the batch stays unsettled and is read again when the mapping runs
+again. Without that, a failing batch under MaximumRetryAttempts -1 never let a mapping stop.
 """
 
 from __future__ import annotations
@@ -163,7 +167,7 @@ async def serve_sqs_mapping(
                         continue
                     if len(batch) >= cfg.batch_size and workers < cfg.max_concurrency:
                         spawn()
-                    await _run_batch(cfg, source, invoke, batch, stats)
+                    await _run_batch(cfg, source, invoke, batch, stats, stop)
                     on_activity()
             finally:
                 workers -= 1
@@ -188,7 +192,7 @@ async def _collect(cfg: SqsPollerConfig, source: QueueSource, stop: trio.Event) 
 
 
 async def _run_batch(cfg: SqsPollerConfig, source: QueueSource, invoke: Invoke, batch: list[SqsMessage],
-                     stats: PollerStats) -> None:
+                     stats: PollerStats, stop: trio.Event) -> None:
     passing: list[SqsMessage] = []
     dropped: list[str] = []
     for m in batch:
@@ -206,7 +210,9 @@ async def _run_batch(cfg: SqsPollerConfig, source: QueueSource, invoke: Invoke, 
     stats.in_flight += 1
     stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
     try:
-        ok, response = await _invoke_with_backoff(invoke, payload, stats)
+        ok, response = await _invoke_with_backoff(invoke, payload, stats, stop)
+    except _Stopped:
+        return  # throttled when the mapping stopped: the visibility timeout brings them back
     except LambdaError as exc:
         # The function is gone or not invocable: leave the messages for the visibility timeout.
         log.warning("event source mapping %s: invoke failed: %s", cfg.uuid, exc.message)
@@ -234,14 +240,29 @@ async def _run_batch(cfg: SqsPollerConfig, source: QueueSource, invoke: Invoke, 
         await source.delete(cfg.queue_arn, done)
 
 
-async def _invoke_with_backoff(invoke: Invoke, payload: bytes, stats: PollerStats) -> tuple[bool, bytes]:
+class _Stopped(Exception):
+    """The mapping was stopped while a batch waited to be retried: the batch is left unsettled
+    (SQS: its messages come back after the visibility timeout; streams: the checkpoint stays
+    before it, so it is read again when the mapping is enabled again)."""
+
+
+async def _pause(stop: trio.Event, seconds: float) -> None:
+    """A retry's backoff, cut short by a stop (then ``_Stopped``)."""
+    with trio.move_on_after(seconds):
+        await stop.wait()
+    if stop.is_set():
+        raise _Stopped
+
+
+async def _invoke_with_backoff(invoke: Invoke, payload: bytes, stats: PollerStats,
+                               stop: trio.Event) -> tuple[bool, bytes]:
     delay = BACKOFF_START
     while True:
         try:
             return await invoke(payload)
         except TooManyRequests:
             stats.throttled += 1
-            await trio.sleep(delay)
+            await _pause(stop, delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
 
@@ -351,7 +372,10 @@ async def _serve_shard(run: _Shard, after: str | None) -> None:
         it = await run.source.iterator(cfg.stream_arn, run.shard, cfg.starting_position, None,
                                        cfg.starting_timestamp)
     if cfg.tumbling_window > 0:
-        await _serve_shard_windowed(run, it)
+        try:
+            await _serve_shard_windowed(run, it)
+        except _Stopped:
+            return  # mid-window: its records are read again (checkpoints follow final invokes)
     else:
         await _serve_shard_lanes(run, it)
 
@@ -384,7 +408,10 @@ async def _serve_shard_lanes(run: _Shard, it: str) -> None:
                 nursery.start_soon(deliver, *got)
 
         async def deliver(lane: int, batch: list[StreamRecord]) -> None:
-            await _deliver_stream_batch(run, batch)
+            try:
+                await _deliver_stream_batch(run, batch)
+            except _Stopped:
+                return  # unsettled: the checkpoint stays before it
             lanes.done(lane)
             mark.settle([r.sequence for r in batch])
             await checkpoint()
@@ -498,14 +525,14 @@ async def _invoke_counted(run: _Shard, payload: bytes) -> tuple[bool, bytes]:
     stats.in_flight += 1
     stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
     try:
-        return await _invoke_with_backoff(run.invoke, payload, stats)
+        return await _invoke_with_backoff(run.invoke, payload, stats, run.stop)
     except LambdaError:
         return False, b""
     finally:
         stats.in_flight -= 1
 
 
-async def _final_invoke(run: _Shard, window: TumblingWindow) -> None:
+async def _final_invoke(run: _Shard, window: TumblingWindow) -> None:  # raises _Stopped
     """The window's last invoke (no records, ``isFinalInvokeForWindow``), retried until it succeeds
     (AWS: "If invocation is unsuccessful, your Lambda function suspends further processing until a
     successful invocation") or MaximumRetryAttempts is exhausted (the window's state is dropped)."""
@@ -523,7 +550,7 @@ async def _final_invoke(run: _Shard, window: TumblingWindow) -> None:
             log.warning("event source mapping %s: final invoke of the window at %s on %s failed %d times; "
                         "its state is dropped", run.cfg.uuid, window.start, run.shard, attempts)
             return
-        await trio.sleep(min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
+        await _pause(run.stop, min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
 
 
 async def _deliver_stream_batch(run: _Shard, batch: list[StreamRecord], window: TumblingWindow | None = None) -> None:
@@ -577,7 +604,8 @@ async def _deliver_stream_batch(run: _Shard, batch: list[StreamRecord], window: 
                                                          "RecordAgeExceeded" if too_old else "RetryAttemptsExhausted",
                                                          run.clock()))
                 break
-            await trio.sleep(min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
+            # A stop during the backoff raises _Stopped: the batch stays unsettled (read again later).
+            await _pause(run.stop, min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
 
 
 def _failure_record(cfg: StreamPollerConfig, shard: str, part: list[StreamRecord], attempts: int,

@@ -494,6 +494,56 @@ async def test_kinesis_failures_go_to_the_on_failure_destination(
         assert sorted(d for x in lines(out) for _s, d in x["rows"]) == ["a", "b", "c"]
 
 
+async def test_a_batch_retrying_forever_lets_the_mapping_stop_and_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MaximumRetryAttempts -1 and a failing function: disabling still ends in Disabled (the retry
+    is cut at its backoff), the checkpoint stays before the batch, and re-enabling delivers it."""
+    out = tmp_path / "kin.jsonl"
+    flag = tmp_path / "failing"
+    flag.write_text("1")
+    handler = (
+        "import base64, json, os\n"
+        f"OUT, FLAG = {str(out)!r}, {str(flag)!r}\n"
+        "def handler(event, context):\n"
+        "    if os.path.exists(FLAG):\n"
+        "        raise ValueError('not yet')\n"
+        "    with open(OUT, 'a') as f:\n"
+        "        for r in event['Records']:\n"
+        "            f.write(base64.b64decode(r['kinesis']['data']).decode() + '\\n')\n"
+    )
+    async with open_stack(tmp_path, monkeypatch) as s:
+        kin = _Async(client(s.daemon.url, service="kinesis"))
+        await kin.create_stream(StreamName="rs", ShardCount=1)
+        arn = (await kin.describe_stream(StreamName="rs"))["StreamDescription"]["StreamARN"]
+        await make_fn(s.aws, "rf", make_zip({"index.py": handler}))
+        for data in ("x", "y"):
+            await kin.put_record(StreamName="rs", Data=data.encode(), PartitionKey="p")
+        m = await s.aws.lambda_.create_event_source_mapping(
+            EventSourceArn=arn, FunctionName="rf", StartingPosition="TRIM_HORIZON", BatchSize=10)
+        uid = m["UUID"]
+        assert m["MaximumRetryAttempts"] == -1
+
+        async def failing() -> bool:
+            stats = s.esm.statistics(uid)
+            return stats is not None and stats.failed >= 2
+
+        await wait_for(s.esm, failing, 30)
+        await s.aws.lambda_.update_event_source_mapping(UUID=uid, Enabled=False)
+        with trio.fail_after(15):
+            await s.esm.wait_settled(uid)
+        assert (await s.aws.lambda_.get_event_source_mapping(UUID=uid))["State"] == "Disabled"
+        assert s.esm.store.checkpoints(uid) == {}  # nothing settled: nothing checkpointed
+        assert not out.exists()
+
+        flag.unlink()
+        await s.aws.lambda_.update_event_source_mapping(UUID=uid, Enabled=True)
+
+        async def delivered() -> bool:
+            return out.exists() and out.read_text().split() == ["x", "y"]
+
+        await wait_for(s.esm, delivered, 30)
+
+
 DDB_HANDLER = (
     "import json\n"
     "OUT = {out!r}\n"
