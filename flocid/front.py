@@ -9,9 +9,21 @@ the gateway chooses the app (``Gateway.choose``):
                         the body streams in by Content-Length (``Expect: 100-continue`` answered),
                         the response goes out with Content-Length, or chunked when streamed.
     anything else       (HTTP/1.0, a chunked request body, ``Upgrade``, absolute-form targets,
-                        obs-fold, duplicate Content-Length): the connection is
-                        handed to hypercorn's ``TCPServer`` with the bytes already read, and stays
-                        there; hypercorn answers or rejects it properly.
+                        obs-fold, duplicate or malformed Content-Length, control characters
+                        other than CRLF in the head): the connection is handed to hypercorn's
+                        ``TCPServer`` with the bytes already read, and stays there; hypercorn
+                        answers or rejects it properly.
+
+What it keeps from hypercorn/h11 (tests/unit/test_front.py): methods are upper-cased; a client
+that goes away while an ASGI app works is an ``http.disconnect`` once the app asks for one (and an
+``OSError`` from ``send``: ``ClientDisconnected``), while an Invoke runs to its end as InvokeApp did;
+a response whose body does not match its own Content-Length, or that the app ends early, closes the
+connection (too much in the first message: a 500); 204 has no Content-Length and 1xx/204/304 and
+HEAD no body (HEAD gets the Content-Length a GET would); the app's ``connection: close`` closes it;
+an answer given before a body announced with ``Expect: 100-continue`` (or one too big to drain)
+says ``connection: close`` and closes. Keep-alive: 75 s to the end of the next request head,
+however it trickles in. Idle connections are not in ``Gateway.in_flight``: a graceful stop never
+waits for them.
 
 Why: on a warm invoke, hypercorn (h11 events, ASGI messages, a task per request) cost more CPU than
 the rest of flocid's Invoke path, and flocid's one event-loop thread is what bounds invokes/s on a
@@ -45,6 +57,8 @@ _RECV = 64 * 1024
 _DRAIN_MAX = 1024 * 1024
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _NO_BODY_STATUS = frozenset({204, 304})
+#: Control characters a head may not carry (but the CRLFs ending its lines); HTAB is allowed.
+_CTL = bytes(c for c in range(32) if c != 9) + b"\x7f"
 
 
 @attrs.frozen
@@ -65,6 +79,8 @@ def parse_request_head(head: bytes) -> RequestHead | None:
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[0].isalpha() or not parts[1].startswith(b"/"):
         return None
+    if len(head.translate(None, _CTL)) != len(head) - 2 * (len(lines) - 1):
+        return None  # a bare CR or LF (h11 ends a line at a bare LF), NUL...: h11 judges it
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
     keep_alive = True
@@ -76,7 +92,7 @@ def parse_request_head(head: bytes) -> RequestHead | None:
         name = name.lower()
         value = value.strip(b" \t")
         if name == b"content-length":
-            if length is not None or not value.isdigit():
+            if length is not None or not value.isdigit() or len(value) > 18:
                 return None
             length = int(value)
         elif name in (b"transfer-encoding", b"upgrade"):
@@ -96,7 +112,8 @@ def parse_request_head(head: bytes) -> RequestHead | None:
         path.decode("ascii")
     except UnicodeDecodeError:
         return None
-    return RequestHead(method=parts[0].decode("ascii"), path=path, query=query, headers=headers,
+    # upper-cased as hypercorn did (RFC 9110 says case-sensitive; no client relies on that)
+    return RequestHead(method=parts[0].decode("ascii").upper(), path=path, query=query, headers=headers,
                        content_length=length or 0, keep_alive=keep_alive, expect_continue=expect)
 
 
@@ -129,6 +146,9 @@ class _Replay(trio.abc.HalfCloseableStream):
         self._stream = stream
         self._pending = pending
         self.socket = stream.socket
+        # hypercorn's send_eof (its connection close) runs outside its send lock and could meet
+        # the app's last write (BusyResourceError, logged as an app error): one at a time here
+        self._send_lock = trio.Lock()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._pending:
@@ -138,13 +158,15 @@ class _Replay(trio.abc.HalfCloseableStream):
         return bytes(await self._stream.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        async with self._send_lock:
+            await self._stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        async with self._send_lock:
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -152,6 +174,20 @@ class _Replay(trio.abc.HalfCloseableStream):
 
 class _Closed(Exception):
     """The client went away mid-request."""
+
+
+class ClientDisconnected(OSError):
+    """What an ASGI app's ``send`` raises once the client is gone (ASGI: a server-specific OSError)."""
+
+
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """A client-gone error, or a group of nothing else (an app's nursery wraps what send raised)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_disconnect(e) for e in exc.exceptions)
+    return isinstance(exc, (ClientDisconnected, trio.BrokenResourceError, trio.ClosedResourceError, _Closed))
 
 
 class Front:
@@ -170,6 +206,8 @@ class Front:
             await self._serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, _Closed, OSError):
             pass
+        except Exception:  # one connection's trouble must never end serve_listeners (and the daemon)
+            log.exception("unexpected error on an API connection")
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
@@ -184,18 +222,25 @@ class Front:
         buf = bytearray()
         gateway = self.gateway
         while True:
-            # the head
+            # the head: KEEP_ALIVE_S from now to its end (a trickle of bytes does not extend it)
+            deadline = trio.current_time() + KEEP_ALIVE_S
+            while buf[:2] == b"\r\n":  # empty lines before a request line are ignored (RFC 9112 2.2)
+                del buf[:2]
             end = buf.find(b"\r\n\r\n")
             while end < 0:
                 if len(buf) > MAX_HEAD:
                     await stream.send_all(render_head(431, [(b"content-length", b"0")], close=True))
                     return
-                with trio.move_on_after(KEEP_ALIVE_S):
+                with trio.move_on_at(deadline):
                     data = await stream.receive_some(_RECV)
                     if not data:
                         return
+                    searched = max(len(buf) - 3, 0)  # a head arriving byte by byte is not searched again
                     buf += data
-                    end = buf.find(b"\r\n\r\n")
+                    while buf[:2] == b"\r\n":
+                        del buf[:2]
+                        searched = 0
+                    end = buf.find(b"\r\n\r\n", searched)
                     continue
                 return  # idle (or a head never completed) for KEEP_ALIVE_S
             if end > MAX_HEAD:
@@ -237,8 +282,15 @@ class Front:
         gateway.in_flight += 1
         try:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
-            status, out, payload = await self._respond(scope["path"], head.query, headers, body, True)
-            out.append((b"content-length", b"%d" % len(payload)))
+            try:
+                status, out, payload = await self._respond(scope["path"], head.query, headers, body, True)
+            except Exception:  # InvokeApp.respond answers its own errors: this is a bug (hypercorn: a 500)
+                log.exception("unexpected error answering %s %s", head.method, scope["path"])
+                status, out, payload = 500, [(b"content-type", b"text/plain")], b"Internal Server Error"
+            if status == 204:
+                payload = b""  # no Content-Length on a 204 (RFC 9110 8.6)
+            else:
+                out.append((b"content-length", b"%d" % len(payload)))
             # Still in flight until written: a graceful stop waits for the response, not just its result.
             await stream.send_all(render_head(status, out, close=not head.keep_alive) + payload)
         finally:
@@ -250,22 +302,23 @@ class Front:
         ex = _Exchange(stream, buf, head)
         try:
             await self.gateway(scope, ex.receive, ex.send)
-        except trio.Cancelled:
-            raise
-        except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        except Exception:
+        except Exception as exc:
+            if ex.disconnected and _is_disconnect(exc):
+                return False  # the client went away: the app saw it, nothing to report
             log.exception("unexpected error answering %s %s", head.method, scope["path"])
             if ex.started:
                 return False
         finally:
-            ex.finished.set()
+            ex.finish()
+        if ex.disconnected:
+            return False
         if not ex.started:  # the app failed, or ended without answering: as hypercorn, a 500
+            ex.reset()
             await ex.send({"type": "http.response.start", "status": 500,
                            "headers": [(b"content-type", b"text/plain")]})
             await ex.send({"type": "http.response.body", "body": b"Internal Server Error"})
-        if not ex.done:
-            return False  # the app ended a streamed response early: the client sees it cut
+        if not ex.done or ex.close:
+            return False  # a response cut short or too long, or the connection was to close after it
         return await ex.drain()
 
 
@@ -279,25 +332,49 @@ class _Exchange:
         self._left = head.content_length
         self._body_given = False
         self._continue_sent = not head.expect_continue
+        self._finished = trio.Event()
+        self._watch: trio.CancelScope | None = None
+        #: The client is gone (EOF or a failed write): the connection closes after the app.
+        self.disconnected = False
+        self.reset()
+
+    def reset(self) -> None:
+        """No response yet (again, for the 500 of an app that failed before writing one)."""
         self._chunked = False
         self._status = 200
         self._headers: list[tuple[bytes, bytes]] = []
-        self.started = False
-        self.done = False
-        self.finished = trio.Event()
+        self._start_given = False
+        self._declared: int | None = None  # the app's own Content-Length
+        self._sent = 0
+        self._no_body = False
+        self.started = False  # the head is written
+        self.done = False  # the response is complete
+        #: The connection closes after this response (said in its head).
+        self.close = not self._head.keep_alive
+
+    def finish(self) -> None:
+        """The app has returned: a ``receive`` still waiting for a disconnect stops reading."""
+        self._finished.set()
+        if self._watch is not None:
+            self._watch.cancel()
 
     async def receive(self) -> dict[str, Any]:
+        if self.disconnected:
+            return {"type": "http.disconnect"}
         if self._left > 0 or not self._body_given:
             self._body_given = True
             if self._left == 0:
                 return {"type": "http.request", "body": b"", "more_body": False}
             if not self._buf:
-                if not self._continue_sent:
-                    self._continue_sent = True
-                    await self._stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                data = await self._stream.receive_some(min(_RECV, self._left))
+                try:
+                    if not self._continue_sent:
+                        self._continue_sent = True
+                        await self._stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    data = await self._stream.receive_some(min(_RECV, self._left))
+                except _GONE:
+                    data = b""
                 if not data:
-                    self.finished.set()
+                    self.disconnected = True
                     return {"type": "http.disconnect"}
                 self._buf += data
             n = min(len(self._buf), self._left)
@@ -305,59 +382,140 @@ class _Exchange:
             del self._buf[:n]
             self._left -= n
             return {"type": "http.request", "body": chunk, "more_body": self._left > 0}
-        await self.finished.wait()
+        return await self._wait_disconnect()
+
+    async def _wait_disconnect(self) -> dict[str, Any]:
+        """The body is read and the app waits for the client to go away (as Quart does, to cancel
+        its handler): answer at EOF, as hypercorn did. Once the next request of a pipelining
+        client is there (kept for later), stop reading, as hypercorn (h11 pauses): a client that
+        pipelines and then half-closes still gets every answer. Stops when the app returns."""
+        with trio.CancelScope() as watch:
+            self._watch = watch
+            if self._finished.is_set():
+                watch.cancel()
+            while not self._buf:
+                try:
+                    data = await self._stream.receive_some(_RECV)
+                except _GONE:
+                    data = b""
+                if not data:
+                    self.disconnected = True
+                    break
+                self._buf += data
+            else:
+                await self._finished.wait()
+        self._watch = None
         return {"type": "http.disconnect"}
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            if self.started:
+            if self._start_given:
                 raise RuntimeError("http.response.start sent twice")
-            self._status = int(message["status"])
-            self._headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+            self._start(int(message["status"]), message.get("headers", ()))
             return
         if kind != "http.response.body":
             return  # trailers, early hints...: not offered in the scope's extensions
+        if not self._start_given:
+            raise RuntimeError("http.response.body before http.response.start")
         if self.done:
             return
-        body = bytes(message.get("body", b""))
+        if self.disconnected:
+            raise ClientDisconnected("the client has gone away")
+        given = bytes(message.get("body", b""))
         more = bool(message.get("more_body", False))
-        no_body = self._head.method == "HEAD" or self._status in _NO_BODY_STATUS or self._status < 200
+        no_body = self._no_body
+        body = b"" if no_body else given
+        if self._declared is not None and not no_body:
+            self._sent += len(body)
+            if self._sent > self._declared:
+                self.close = True  # as h11: refused, nothing of it written (before the head: a 500)
+                raise RuntimeError(f"response body longer than its Content-Length ({self._declared})")
         out = b""
         if not self.started:
             self.started = True
             headers = self._headers
-            if not any(k == b"content-length" for k, _v in headers) and not no_body:
+            if self._declared is None and not (no_body and self._head.method != "HEAD"):
                 if more:
-                    self._chunked = True
-                    headers.append((b"transfer-encoding", b"chunked"))
-                else:
-                    headers.append((b"content-length", b"%d" % len(body)))
-            out = render_head(self._status, headers, close=not self._head.keep_alive)
-        if not no_body and body:
+                    if not no_body:
+                        self._chunked = True
+                        headers.append((b"transfer-encoding", b"chunked"))
+                elif given or not no_body:  # a HEAD answered with the body of a GET: its length
+                    headers.append((b"content-length", b"%d" % len(given)))
+            if self._head.expect_continue and not self._continue_sent and self._left:
+                self.close = True  # the client may never send the body it announced (RFC 9110 10.1.1)
+            elif self._left > _DRAIN_MAX:
+                self.close = True  # too much left to read through for the next request
+            self._continue_sent = True  # never a 100 after a final answer
+            out = render_head(self._status, headers, close=self.close)
+            lines = len(headers) + 3 + self.close
+            if out.count(b"\n") != lines or out.count(b"\r") != lines:  # a CR or LF inside a name or value
+                self.started = False
+                raise ValueError("invalid response header (CR or LF in a name or value)")
+        if body:
             out += b"%x\r\n%s\r\n" % (len(body), body) if self._chunked else body
+        short = False
         if not more:
             self.done = True
-            if self._chunked and not no_body:
+            if self._chunked:
                 out += b"0\r\n\r\n"
+            elif self._declared is not None and not no_body and self._sent < self._declared:
+                self.close = short = True
         if out:
-            await self._stream.send_all(out)
+            try:
+                await self._stream.send_all(out)
+            except _GONE as exc:
+                self.disconnected = True
+                raise ClientDisconnected("the client has gone away") from exc
+        if short:  # as h11: the message cannot end here; the client sees EOF
+            raise RuntimeError(f"response body shorter than its Content-Length ({self._declared})")
+
+    def _start(self, status: int, raw_headers: Any) -> None:
+        if not 200 <= status <= 999:
+            raise ValueError(f"response status {status}: ASGI answers are final (200-999)")
+        headers: list[tuple[bytes, bytes]] = []
+        declared: int | None = None
+        for k, v in raw_headers:
+            name, value = bytes(k).lower(), bytes(v)
+            if name == b"content-length":
+                value = value.strip()
+                if not value.isdigit() or len(value) > 18 or declared not in (None, int(value)):
+                    raise ValueError(f"invalid response Content-Length {value!r}")
+                if declared is None:
+                    declared = int(value)
+                    if status != 204:  # RFC 9110 8.6: never on a 204
+                        headers.append((name, value))
+                continue
+            if name == b"transfer-encoding":
+                continue  # the framing is the server's
+            if name == b"connection":
+                if b"close" in (t.strip() for t in value.lower().split(b",")):
+                    self.close = True
+                continue
+            headers.append((name, value))
+        self._status = status
+        self._headers = headers
+        self._start_given = True
+        self._no_body = self._head.method == "HEAD" or status in _NO_BODY_STATUS
+        self._declared = None if status == 204 else declared
 
     async def drain(self) -> bool:
         """Read and drop what the app left of the request body; False when it is too much to keep
-        the connection for (the connection closes instead)."""
+        the connection for, or does not come in KEEP_ALIVE_S (the connection closes instead)."""
         if self._left > _DRAIN_MAX:
             return False
-        while self._left > 0:
-            if not self._buf:
-                data = await self._stream.receive_some(min(_RECV, self._left))
-                if not data:
-                    return False
-                self._buf += data
-            n = min(len(self._buf), self._left)
-            del self._buf[:n]
-            self._left -= n
-        return True
+        with trio.move_on_after(KEEP_ALIVE_S):
+            while self._left > 0:
+                if not self._buf:
+                    data = await self._stream.receive_some(min(_RECV, self._left))
+                    if not data:
+                        return False
+                    self._buf += data
+                n = min(len(self._buf), self._left)
+                del self._buf[:n]
+                self._left -= n
+            return True
+        return False
 
 
 async def serve_front(gateway: Gateway, config: Any, sockets: Any, *,
