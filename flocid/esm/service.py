@@ -777,6 +777,10 @@ class EsmService:
 
     async def delete(self, uid: str) -> Body:
         m = self._get(uid)
+        if m["State"] in ("Updating", "Enabling", "Disabling"):
+            # AWS's ResourceInUseException: "...or you tried to delete an event source mapping
+            # currently UPDATING" (the Lambda API model's documentation of the error).
+            raise ResourceInUse("Cannot delete the event source mapping because it is in use.")
         if m["State"] == "Deleting":
             raise ResourceConflict(
                 "The operation cannot be performed at this time. The event source mapping is currently in "

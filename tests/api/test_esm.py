@@ -192,6 +192,12 @@ async def test_crud_shapes_states_and_errors(tmp_path: Path, monkeypatch: pytest
             s.esm.mappings[uid]["State"] = state
             await expect_error(lam.update_event_source_mapping(UUID=uid, BatchSize=5), 400,
                                "ResourceInUseException", "Cannot update the event source mapping because it is in use.")
+        # delete while it is being updated: the same error ("...or you tried to delete an event source
+        # mapping currently UPDATING", the API model's documentation of ResourceInUseException)
+        for state in ("Enabling", "Updating", "Disabling"):
+            s.esm.mappings[uid]["State"] = state
+            await expect_error(lam.delete_event_source_mapping(UUID=uid), 400,
+                               "ResourceInUseException", "Cannot delete the event source mapping because it is in use.")
         s.esm.mappings[uid]["State"] = "Enabled"
         assert (await lam.get_event_source_mapping(UUID=uid))["BatchSize"] == 10
 
