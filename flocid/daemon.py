@@ -157,13 +157,22 @@ def open_api_sockets(settings: Settings) -> tuple[Sockets, int]:
     if settings.listen_docker_bridge and settings.host in ("127.0.0.1", "localhost"):
         bridge = docker_bridge_ip()
         if bridge:
-            try:
-                extra = _hyper_config([f"{bridge}:{port}"]).create_sockets()
-            except OSError as exc:
-                log.warning("cannot listen on the Docker bridge %s:%d: %s", bridge, port, exc)
-            else:
-                sockets.insecure_sockets.extend(extra.insecure_sockets)
+            _also_listen(sockets, bridge, port, "the Docker bridge")
     return sockets, port
+
+
+def _also_listen(sockets: Sockets, host: str, port: int, where: str) -> None:
+    """Add a listening socket on ``host:port`` unless one is there; a failure is logged, not fatal."""
+    if any(s.getsockname()[0] == host for s in sockets.insecure_sockets):
+        return
+    try:
+        extra = _hyper_config([f"{host}:{port}"]).create_sockets()
+    except OSError as exc:
+        # Not an address here (Docker was unreachable at start, so the executor knows no better).
+        level = logging.DEBUG if exc.errno == errno.EADDRNOTAVAIL else logging.WARNING
+        log.log(level, "cannot listen on %s:%d, %s: %s", host, port, where, exc)
+    else:
+        sockets.insecure_sockets.extend(extra.insecure_sockets)
 
 
 def listen_where_containers_connect(sockets: Sockets, settings: Settings, host: str | None) -> None:
@@ -173,16 +182,7 @@ def listen_where_containers_connect(sockets: Sockets, settings: Settings, host: 
     if (not host or not settings.listen_docker_bridge or host in ("0.0.0.0", "::")
             or settings.host not in ("127.0.0.1", "localhost")):
         return
-    if any(s.getsockname()[0] == host for s in sockets.insecure_sockets):
-        return
-    try:
-        extra = _hyper_config([f"{host}:{settings.port}"]).create_sockets()
-    except OSError as exc:
-        # Not an address here: Docker was unreachable at start, so the executor knows no better.
-        level = logging.DEBUG if exc.errno == errno.EADDRNOTAVAIL else logging.WARNING
-        log.log(level, "cannot listen on %s:%d, where containers connect: %s", host, settings.port, exc)
-    else:
-        sockets.insecure_sockets.extend(extra.insecure_sockets)
+    _also_listen(sockets, host, settings.port, "where containers connect")
 
 
 async def serve_api(app: Any, sockets: Sockets, *,

@@ -254,6 +254,11 @@ async def _pause(stop: trio.Event, seconds: float) -> None:
         raise _Stopped
 
 
+def _retry_delay(attempts: int) -> float:
+    """The backoff before a failed stream batch's next try."""
+    return float(min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
+
+
 async def _invoke_with_backoff(invoke: Invoke, payload: bytes, stats: PollerStats,
                                stop: trio.Event) -> tuple[bool, bytes]:
     delay = BACKOFF_START
@@ -550,7 +555,7 @@ async def _final_invoke(run: _Shard, window: TumblingWindow) -> None:  # raises 
             log.warning("event source mapping %s: final invoke of the window at %s on %s failed %d times; "
                         "its state is dropped", run.cfg.uuid, window.start, run.shard, attempts)
             return
-        await _pause(run.stop, min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
+        await _pause(run.stop, _retry_delay(attempts))
 
 
 async def _deliver_stream_batch(run: _Shard, batch: list[StreamRecord], window: TumblingWindow | None = None) -> None:
@@ -605,7 +610,7 @@ async def _deliver_stream_batch(run: _Shard, batch: list[StreamRecord], window: 
                                                          run.clock()))
                 break
             # A stop during the backoff raises _Stopped: the batch stays unsettled (read again later).
-            await _pause(run.stop, min(BACKOFF_START * 2 ** min(attempts, 6), BACKOFF_MAX))
+            await _pause(run.stop, _retry_delay(attempts))
 
 
 def _failure_record(cfg: StreamPollerConfig, shard: str, part: list[StreamRecord], attempts: int,

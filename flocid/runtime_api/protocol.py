@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import attrs
 
+from flocid.http11 import parse_request_head
+
 #: AWS caps a synchronous response at 6 MiB + 100 bytes (peers.md 1.10 item 19).
 MAX_RESPONSE_BYTES = 6_291_556
 
@@ -298,42 +300,24 @@ class RequestHead:
 
 
 def parse_head(head: bytes) -> RequestHead | None:
-    """Parse a request head (without the blank line) the fast path understands.
+    """Parse a request head (without the blank line) the fast path understands, with
+    ``flocid.http11``'s parser (the API port's too).
 
     Returns None for anything it does not handle (HTTP/1.0, ``Transfer-Encoding``, a malformed or
     ambiguous ``Content-Length``, obs-fold...): the caller hands the connection to h11 then, which
     handles or rejects it properly. Runtime clients send plain ``Content-Length`` requests.
     """
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes everything
+    parsed = parse_request_head(head)
+    if parsed is None:
         return None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[2] != "HTTP/1.1" or not parts[0].isalpha():
-        return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name[-1] in " \t" or name[0] in " \t":
-            return None
-        key = name.lower()
-        if key in headers and key in ("content-length", "host"):
-            return None
-        headers[key] = value.strip(" \t")
-    if "transfer-encoding" in headers:
-        return None
-    raw_length = headers.get("content-length", "0")
-    if not raw_length.isdigit():
-        return None
-    connection = headers.get("connection", "").lower()
+    target = parsed.path + b"?" + parsed.query if parsed.query else parsed.path
     return RequestHead(
-        method=parts[0],
-        target=parts[1],
-        headers=headers,
-        content_length=int(raw_length),
-        keep_alive="close" not in connection,
-        expect_continue=headers.get("expect", "").lower() == "100-continue",
+        method=parsed.method,
+        target=target.decode("latin-1"),
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in parsed.headers},
+        content_length=parsed.content_length,
+        keep_alive=parsed.keep_alive,
+        expect_continue=parsed.expect_continue,
     )
 
 

@@ -379,7 +379,8 @@ async def test_image_function_exit_status_and_output(executor: DockerExecutor, p
     assert await inspect(env.id) is None
 
 
-async def test_stop_under_cancellation_still_removes(executor: DockerExecutor, python_image: str) -> None:
+def _idle_image_spec(python_image: str) -> EnvironmentSpec:
+    """An image function whose container just idles (no runtime, nothing to hand an invoke to)."""
     fn = function(
         package_type="Image",
         image_uri=python_image,
@@ -387,7 +388,11 @@ async def test_stop_under_cancellation_still_removes(executor: DockerExecutor, p
         handler=None,
         image_config={"EntryPoint": ["/bin/sh", "-c"], "Command": ["while :; do sleep 1; done"]},
     )
-    spec = EnvironmentSpec(function=fn, code_dir=None, runtime_api="127.0.0.1:9", env={})
+    return EnvironmentSpec(function=fn, code_dir=None, runtime_api="127.0.0.1:9", env={})
+
+
+async def test_stop_under_cancellation_still_removes(executor: DockerExecutor, python_image: str) -> None:
+    spec = _idle_image_spec(python_image)
     with trio.fail_after(60):
         env = await executor.start(spec)
     with trio.CancelScope() as scope:
@@ -595,14 +600,7 @@ async def test_big_code_goes_on_a_shared_read_only_volume(
 
 
 async def test_closing_the_executor_stops_what_is_left(python_image: str, settings: Settings) -> None:
-    fn = function(
-        package_type="Image",
-        image_uri=python_image,
-        runtime=None,
-        handler=None,
-        image_config={"EntryPoint": ["/bin/sh", "-c"], "Command": ["while :; do sleep 1; done"]},
-    )
-    spec = EnvironmentSpec(function=fn, code_dir=None, runtime_api="127.0.0.1:9", env={})
+    spec = _idle_image_spec(python_image)
     with trio.fail_after(60):
         async with open_docker_executor(settings) as ex:
             await ex.check()
@@ -615,14 +613,7 @@ async def test_closing_the_executor_removes_containers_it_lost_track_of(
         python_image: str, settings: Settings) -> None:
     """A stop cut short by its bound (a busy dockerd) drops the environment from the executor's
     set; the shutdown's last sweep by label still removes its container."""
-    fn = function(
-        package_type="Image",
-        image_uri=python_image,
-        runtime=None,
-        handler=None,
-        image_config={"EntryPoint": ["/bin/sh", "-c"], "Command": ["while :; do sleep 1; done"]},
-    )
-    spec = EnvironmentSpec(function=fn, code_dir=None, runtime_api="127.0.0.1:9", env={})
+    spec = _idle_image_spec(python_image)
     with trio.fail_after(90):
         async with open_docker_executor(settings) as ex:
             await ex.check()

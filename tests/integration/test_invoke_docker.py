@@ -286,15 +286,19 @@ async def test_image_function_without_its_image_is_pending_then_failed(daws: Aws
                                        "currently in the following state: Failed")
 
 
+#: A handler that lists functions through flocid's API at its AWS_ENDPOINT_URL.
+LIST_FUNCTIONS_VIA_ENDPOINT = (
+    "import os, json, urllib.request\n"
+    "def handler(event, context):\n"
+    "    url = os.environ['AWS_ENDPOINT_URL'] + '/2015-03-31/functions/'\n"
+    "    with urllib.request.urlopen(url, timeout=5) as r:\n"
+    "        names = [f['FunctionName'] for f in json.load(r)['Functions']]\n"
+    "    return {'endpoint': os.environ['AWS_ENDPOINT_URL'], 'names': names}\n"
+)
+
+
 async def test_function_reaches_flocid_through_aws_endpoint_url(daws: Aws) -> None:
-    code = make_zip({"index.py": (
-        "import os, json, urllib.request\n"
-        "def handler(event, context):\n"
-        "    url = os.environ['AWS_ENDPOINT_URL'] + '/2015-03-31/functions/'\n"
-        "    with urllib.request.urlopen(url, timeout=5) as r:\n"
-        "        names = [f['FunctionName'] for f in json.load(r)['Functions']]\n"
-        "    return {'endpoint': os.environ['AWS_ENDPOINT_URL'], 'names': names}\n"
-    )})
+    code = make_zip({"index.py": LIST_FUNCTIONS_VIA_ENDPOINT})
     await create(daws, "caller", code)
     out, body = await invoke(daws, "caller", {})
     assert "FunctionError" not in out, body
@@ -318,14 +322,7 @@ async def test_a_configured_network_reaches_the_api_at_its_gateway(tmp_path: Pat
         aws = Aws(d.url)
         try:
             assert f"http://{gateway}:{d.url.rsplit(':', 1)[1]}" in d.binds
-            code = make_zip({"index.py": (
-                "import os, json, urllib.request\n"
-                "def handler(event, context):\n"
-                "    url = os.environ['AWS_ENDPOINT_URL'] + '/2015-03-31/functions/'\n"
-                "    with urllib.request.urlopen(url, timeout=5) as r:\n"
-                "        return {'endpoint': os.environ['AWS_ENDPOINT_URL'],\n"
-                "                'names': [f['FunctionName'] for f in json.load(r)['Functions']]}\n"
-            )})
+            code = make_zip({"index.py": LIST_FUNCTIONS_VIA_ENDPOINT})
             await create(aws, "onnet", code)
             out, body = await invoke(aws, "onnet", {})
             assert "FunctionError" not in out, body
